@@ -1,0 +1,180 @@
+//! Loader configuration: the spec's `HyperionMmapConfig` and a few
+//! Rust-side settings, with the reasoning behind each default.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Which I/O engine reads layers that are not cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// io_uring where the kernel allows it, else mmap (said once through `tracing`).
+    #[default]
+    Auto,
+    /// io_uring through tokio-uring on a dedicated ring thread; fails to open
+    /// if the ring cannot be created.
+    IoUring,
+    /// `mmap` + `madvise`: layers are views into a mapping of the file.
+    Mmap,
+}
+
+impl Backend {
+    /// A short lowercase name (`auto`, `io_uring`, `mmap`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::IoUring => "io_uring",
+            Backend::Mmap => "mmap",
+        }
+    }
+}
+
+/// How a model is loaded and cached.
+///
+/// The first five fields are the spec's `HyperionMmapConfig`; the rest tune
+/// the Rust implementation. Build one with struct-update syntax:
+///
+/// ```
+/// use hyperion::{Backend, MmapConfig};
+/// let config = MmapConfig {
+///     max_cache_size: 512 << 20,
+///     backend: Backend::Mmap,
+///     ..MmapConfig::default()
+/// };
+/// assert!(config.prefetch_enabled);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct MmapConfig {
+    /// Bytes of layer buffers held at once — cached, held by callers, and
+    /// being read — never exceeded at any instant.
+    ///
+    /// Default: a quarter of physical memory, clamped to 256 MiB..=16 GiB.
+    /// Weights are only part of what an inference process holds (activations,
+    /// KV cache, the page cache that feeds reads), and a quarter leaves room
+    /// for the rest on any machine from a laptop to a workstation.
+    pub max_cache_size: u64,
+    /// Whether [`prefetch`](crate::MappedModel::prefetch) reads ahead. When
+    /// false, it returns false and reads nothing.
+    ///
+    /// Default: true. Prefetching is how I/O overlaps compute.
+    pub prefetch_enabled: bool,
+    /// The most prefetch reads in flight at once (a semaphore, not OS threads).
+    ///
+    /// Default: 2 — one read streaming and the next queued behind it keeps a
+    /// disk that serves one request at a time busy; more only holds budget
+    /// earlier (measured in `docs/architecture.md`).
+    pub prefetch_threads: usize,
+    /// Whether eviction also learns from the access pattern, to avoid
+    /// thrashing when a cyclic pass does not fit.
+    ///
+    /// Default: false. Until the adaptive policy lands (issue 5) both
+    /// settings evict lowest priority first, then least recently used.
+    pub adaptive_caching: bool,
+    /// The allocation granule: every cached layer is charged and allocated in
+    /// whole multiples of this many bytes, and at least one. Rounded up to a
+    /// multiple of 4 KiB, the block size of direct I/O.
+    ///
+    /// Default: 4 KiB — the smallest that direct I/O allows, so small layers
+    /// (norms, biases) waste at most 4 KiB of budget each.
+    pub min_layer_cache_size: u64,
+    /// The I/O engine. Default: [`Backend::Auto`].
+    pub backend: Backend,
+    /// Read with `O_DIRECT` (io_uring backend): reads bypass the page cache,
+    /// so a layer is held once (in our buffer), not twice. Falls back to
+    /// buffered reads where the filesystem refuses it.
+    ///
+    /// Default: true — the fastest path measured here, and no double caching.
+    pub direct_io: bool,
+    /// Size of each read request a layer is split into (rounded to 4 KiB).
+    ///
+    /// Default: 4 MiB, the request size at which this disk peaked (16 MiB was slower).
+    pub read_chunk_size: u64,
+    /// Chunk reads of one layer in flight at once.
+    ///
+    /// Default: 2 — the device here serves one request at a time, but a second
+    /// queued request hides the completion-to-submit gap; NVMe may want more.
+    pub reads_in_flight: usize,
+    /// Whether a layer read from disk is checked against the checksum its file
+    /// records (`.tmai` only); a mismatch is [`Error::ChecksumMismatch`].
+    ///
+    /// Default: true — a loader must never return wrong bytes. The check is
+    /// xxh3 over bytes just read, far faster than the disk.
+    pub verify_checksums: bool,
+    /// How long a fetch waits for callers to drop handles when every byte of
+    /// the budget is held. Zero: fail at once with [`Error::BudgetExhausted`].
+    ///
+    /// Default: zero. A task that holds handles and asks for more than fits
+    /// would otherwise wait forever; set a timeout to get backpressure between
+    /// many tasks instead (see `docs/architecture.md`).
+    pub memory_wait_timeout: Duration,
+}
+
+impl Default for MmapConfig {
+    fn default() -> Self {
+        MmapConfig {
+            max_cache_size: default_cache_size(),
+            prefetch_enabled: true,
+            prefetch_threads: 2,
+            adaptive_caching: false,
+            min_layer_cache_size: 4096,
+            backend: Backend::Auto,
+            direct_io: true,
+            read_chunk_size: 4 << 20,
+            reads_in_flight: 2,
+            verify_checksums: true,
+            memory_wait_timeout: Duration::ZERO,
+        }
+    }
+}
+
+impl MmapConfig {
+    /// Checks the values and returns the allocation granule.
+    pub(crate) fn validate(&self) -> Result<u64> {
+        if self.max_cache_size == 0 {
+            return Err(Error::InvalidArgument("max_cache_size must be > 0".into()));
+        }
+        if self.prefetch_threads == 0 && self.prefetch_enabled {
+            return Err(Error::InvalidArgument(
+                "prefetch_threads must be > 0 when prefetch_enabled is true".into(),
+            ));
+        }
+        if self.reads_in_flight == 0 {
+            return Err(Error::InvalidArgument("reads_in_flight must be > 0".into()));
+        }
+        if self.read_chunk_size == 0 || self.read_chunk_size > 1 << 30 {
+            return Err(Error::InvalidArgument(
+                "read_chunk_size must be between 1 byte and 1 GiB".into(),
+            ));
+        }
+        if self.min_layer_cache_size > 1 << 40 {
+            return Err(Error::InvalidArgument("min_layer_cache_size is above 1 TiB".into()));
+        }
+        Ok(self.min_layer_cache_size.max(1).next_multiple_of(4096))
+    }
+}
+
+fn default_cache_size() -> u64 {
+    // SAFETY: sysconf has no preconditions; it returns -1 on error.
+    let (pages, page) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let total = if pages > 0 && page > 0 { pages as u64 * page as u64 } else { 4 << 30 };
+    (total / 4).clamp(256 << 20, 16 << 30)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_granule_is_whole_blocks() {
+        let c = MmapConfig::default();
+        assert_eq!(c.validate().unwrap(), 4096);
+        assert!(c.max_cache_size >= 256 << 20);
+        let c = MmapConfig { min_layer_cache_size: 5000, ..c };
+        assert_eq!(c.validate().unwrap(), 8192);
+        let c = MmapConfig { min_layer_cache_size: 0, ..c };
+        assert_eq!(c.validate().unwrap(), 4096);
+        assert!(MmapConfig { max_cache_size: 0, ..c.clone() }.validate().is_err());
+        assert!(MmapConfig { reads_in_flight: 0, ..c }.validate().is_err());
+    }
+}

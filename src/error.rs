@@ -1,0 +1,270 @@
+//! The one error type of the crate.
+//!
+//! Every message names the file and, where there is one, the layer; format
+//! errors also name the item of the file that is wrong. Errors are `Clone`
+//! because one failed read is reported to every task that awaited it.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A `Result` whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in Hyperion.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system call failed.
+    #[error("{}: {op} failed: {source}", path.display())]
+    Io {
+        /// The file concerned.
+        path: Arc<Path>,
+        /// What was being done (`open`, `read layer 3`, `map` …).
+        op: String,
+        /// The underlying error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// The file is not a valid model file; the inner error says where.
+    #[error("{}: {source}", path.display())]
+    Format {
+        /// The file concerned.
+        path: Arc<Path>,
+        /// What is wrong with it.
+        #[source]
+        source: FormatError,
+    },
+    /// A layer index past the end of the model.
+    #[error("{}: layer {layer} is out of range (the model has {count} layers)", path.display())]
+    LayerOutOfRange {
+        /// The file concerned.
+        path: Arc<Path>,
+        /// The index asked for.
+        layer: usize,
+        /// How many layers the model has.
+        count: usize,
+    },
+    /// The model was closed.
+    #[error("{}: the model is closed", path.display())]
+    Closed {
+        /// The file concerned.
+        path: Arc<Path>,
+    },
+    /// One layer needs more memory than the whole cache budget.
+    #[error(
+        "{}: layer {layer} needs {needed} bytes but the cache budget (max_cache_size) is {budget} bytes",
+        path.display()
+    )]
+    LayerTooLarge {
+        /// The file concerned.
+        path: Arc<Path>,
+        /// The layer.
+        layer: usize,
+        /// Bytes the layer is charged (its size rounded to the allocation granule).
+        needed: u64,
+        /// The configured budget.
+        budget: u64,
+    },
+    /// Every byte of the budget is held by live [`LayerWeights`](crate::LayerWeights)
+    /// handles, so there was nothing to evict for this layer.
+    #[error(
+        "{}: no memory for layer {layer}: it needs {needed} bytes, and {held} of the {budget}-byte budget \
+         are held by live LayerWeights handles (drop some handles, raise max_cache_size, \
+         or set memory_wait_timeout to wait for them)",
+        path.display()
+    )]
+    BudgetExhausted {
+        /// The file concerned.
+        path: Arc<Path>,
+        /// The layer that could not be loaded.
+        layer: usize,
+        /// Bytes it needed.
+        needed: u64,
+        /// Bytes in use when the fetch gave up.
+        held: u64,
+        /// The configured budget.
+        budget: u64,
+    },
+    /// The file ended before the bytes of a layer did (it was truncated after opening).
+    #[error(
+        "{}: layer {layer}: the file ended at byte {end} while reading bytes {offset}..{expected_end}",
+        path.display()
+    )]
+    Truncated {
+        /// The file concerned.
+        path: Arc<Path>,
+        /// The layer being read.
+        layer: usize,
+        /// Start of the range being read.
+        offset: u64,
+        /// Where the range should have ended.
+        expected_end: u64,
+        /// Where the file ended.
+        end: u64,
+    },
+    /// A layer's bytes do not match the checksum recorded in the file.
+    #[error(
+        "{}: layer {layer}: checksum mismatch (file records {expected:#018x}, bytes hash to {actual:#018x})",
+        path.display()
+    )]
+    ChecksumMismatch {
+        /// The file concerned.
+        path: Arc<Path>,
+        /// The layer.
+        layer: usize,
+        /// The checksum stored in the file.
+        expected: u64,
+        /// The checksum of the bytes read.
+        actual: u64,
+    },
+    /// The requested backend cannot be used here.
+    #[error("{}: the {backend} backend is unavailable: {reason}", path.display())]
+    BackendUnavailable {
+        /// The file concerned.
+        path: Arc<Path>,
+        /// The backend asked for.
+        backend: &'static str,
+        /// Why not.
+        reason: String,
+    },
+    /// A configuration value or argument is invalid.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A read was abandoned before it finished (its runtime shut down).
+    #[error("{}: layer {layer}: the read was abandoned before it finished (runtime shutting down?)", path.display())]
+    Aborted {
+        /// The file concerned.
+        path: Arc<Path>,
+        /// The layer.
+        layer: usize,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: &Arc<Path>, op: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            path: Arc::clone(path),
+            op: op.into(),
+            source: Arc::new(source),
+        }
+    }
+
+    pub(crate) fn format(path: &Arc<Path>, source: FormatError) -> Self {
+        Error::Format {
+            path: Arc::clone(path),
+            source,
+        }
+    }
+}
+
+/// What is wrong with a model file. Each message names the item at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormatError {
+    /// The file does not start with a known magic number.
+    #[error("not a model file: unknown magic bytes {found:02x?}")]
+    BadMagic {
+        /// The first bytes of the file.
+        found: Vec<u8>,
+    },
+    /// A format version this build cannot read.
+    #[error("unsupported {format} version {version}")]
+    UnsupportedVersion {
+        /// The format.
+        format: &'static str,
+        /// The version found.
+        version: u32,
+    },
+    /// The file ends inside a structure.
+    #[error("truncated: {what} needs bytes up to {needed}, but the file has {available}")]
+    Truncated {
+        /// The structure being read.
+        what: String,
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes available.
+        available: u64,
+    },
+    /// A count or length exceeds a hard limit.
+    #[error("{what} is {value}, above the limit of {limit}")]
+    LimitExceeded {
+        /// The field.
+        what: String,
+        /// Its value.
+        value: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Arithmetic on values from the file overflowed.
+    #[error("{what} overflows")]
+    Overflow {
+        /// The computation.
+        what: String,
+    },
+    /// A range lies outside the region it must be in.
+    #[error("{what}: bytes {start}..{end} lie outside {region} ({region_start}..{region_end})")]
+    OutOfBounds {
+        /// The item.
+        what: String,
+        /// Its start.
+        start: u64,
+        /// Its end.
+        end: u64,
+        /// The region it must lie in.
+        region: &'static str,
+        /// The region's start.
+        region_start: u64,
+        /// The region's end.
+        region_end: u64,
+    },
+    /// Two items claim the same bytes.
+    #[error("{first} and {second} overlap")]
+    Overlap {
+        /// One item.
+        first: String,
+        /// The other.
+        second: String,
+    },
+    /// A value that must be aligned is not.
+    #[error("{what} is {value}, not a multiple of {alignment}")]
+    Misaligned {
+        /// The field.
+        what: String,
+        /// Its value.
+        value: u64,
+        /// The required alignment.
+        alignment: u64,
+    },
+    /// A tensor's byte length disagrees with its dtype and shape.
+    #[error("tensor {tensor:?}: dtype {dtype} with shape {shape:?} needs {expected} bytes, but it has {actual}")]
+    ShapeMismatch {
+        /// The tensor.
+        tensor: String,
+        /// Its dtype.
+        dtype: String,
+        /// Its shape.
+        shape: Vec<u64>,
+        /// Bytes implied by dtype × shape.
+        expected: u64,
+        /// Bytes the file gives it.
+        actual: u64,
+    },
+    /// An unknown dtype code.
+    #[error("{what}: unknown dtype code {code}")]
+    UnknownDType {
+        /// The item.
+        what: String,
+        /// The code found.
+        code: u32,
+    },
+    /// A name appears twice.
+    #[error("duplicate name {name:?}")]
+    DuplicateName {
+        /// The name.
+        name: String,
+    },
+    /// Any other violation of the format, described.
+    #[error("{0}")]
+    Invalid(String),
+}

@@ -1,0 +1,211 @@
+//! What a fetch returns: a layer's bytes, kept alive while held, with typed
+//! views of the tensors inside.
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::buffer::AlignedBuf;
+use crate::dtype::DType;
+use crate::index::TensorSpec;
+use crate::io::mmap::MappedView;
+use crate::model::LayerMeta;
+
+/// Where a layer's bytes live.
+pub(crate) enum Storage {
+    /// A buffer the bytes were read into.
+    Heap(AlignedBuf),
+    /// A view into a memory mapping of the file.
+    Mapped(MappedView),
+}
+
+/// The bytes a backend produced for one layer: `len` bytes at `start` of `storage`.
+pub(crate) struct LayerBytes {
+    pub(crate) storage: Storage,
+    pub(crate) start: usize,
+    pub(crate) len: usize,
+}
+
+impl LayerBytes {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        let all = match &self.storage {
+            Storage::Heap(buf) => buf.as_slice(),
+            Storage::Mapped(view) => view.as_slice(),
+        };
+        &all[self.start..self.start + self.len]
+    }
+}
+
+/// A layer's weights: its exact bytes, and the tensors inside them.
+///
+/// Cloning is cheap (a reference count). The bytes stay valid for as long as
+/// any clone is alive, whatever the cache does meanwhile: a release or an
+/// eviction only drops the cache's own handle. The memory is returned to the
+/// budget when the last handle drops.
+///
+/// # Examples
+///
+/// Summing a layer's `f32` weights:
+///
+/// ```no_run
+/// # async fn demo(model: hyperion::MappedModel) -> hyperion::Result<()> {
+/// let weights = model.layer(0).await?;
+/// for tensor in weights.tensors() {
+///     if let Some(values) = tensor.as_f32() {
+///         println!("{}: sum {}", tensor.name(), values.iter().sum::<f32>());
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct LayerWeights {
+    inner: Arc<LayerData>,
+}
+
+struct LayerData {
+    bytes: LayerBytes,
+    layer: usize,
+    tensors: Arc<[TensorSpec]>,
+    /// Counts live buffers per layer, for `LayerDescriptor::is_active`.
+    metas: Arc<[LayerMeta]>,
+}
+
+impl Drop for LayerData {
+    fn drop(&mut self) {
+        self.metas[self.layer].live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl LayerWeights {
+    pub(crate) fn new(
+        bytes: LayerBytes,
+        layer: usize,
+        tensors: Arc<[TensorSpec]>,
+        metas: Arc<[LayerMeta]>,
+    ) -> Self {
+        metas[layer].live.fetch_add(1, Ordering::Relaxed);
+        LayerWeights {
+            inner: Arc::new(LayerData {
+                bytes,
+                layer,
+                tensors,
+                metas,
+            }),
+        }
+    }
+
+    /// The index of the layer these weights belong to.
+    pub fn layer_index(&self) -> usize {
+        self.inner.layer
+    }
+
+    /// The layer's bytes (also available through `Deref`).
+    pub fn bytes(&self) -> &[u8] {
+        self.inner.bytes.as_slice()
+    }
+
+    /// Whether the bytes are a view into a memory mapping of the file (the mmap
+    /// backend) rather than a buffer they were read into.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.inner.bytes.storage, Storage::Mapped(_))
+    }
+
+    /// The tensor called `name`, if the layer has one.
+    pub fn tensor(&self, name: &str) -> Option<TensorView<'_>> {
+        self.tensors().find(|t| t.name() == name)
+    }
+
+    /// The layer's tensors, in file order.
+    pub fn tensors(&self) -> impl ExactSizeIterator<Item = TensorView<'_>> + '_ {
+        let bytes = self.bytes();
+        self.inner.tensors.iter().map(move |spec| TensorView {
+            spec,
+            // The format readers checked that every tensor lies inside its layer.
+            bytes: &bytes[spec.offset as usize..(spec.offset + spec.len) as usize],
+        })
+    }
+
+    /// Whether `a` and `b` share one buffer (one read).
+    pub fn ptr_eq(a: &LayerWeights, b: &LayerWeights) -> bool {
+        Arc::ptr_eq(&a.inner, &b.inner)
+    }
+
+    /// How many handles to this buffer exist (the cache's included).
+    pub(crate) fn handle_count(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+}
+
+impl Deref for LayerWeights {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+impl AsRef<[u8]> for LayerWeights {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+impl fmt::Debug for LayerWeights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LayerWeights")
+            .field("layer", &self.inner.layer)
+            .field("len", &self.inner.bytes.len)
+            .field("tensors", &self.inner.tensors.len())
+            .field("mapped", &self.is_mapped())
+            .finish()
+    }
+}
+
+/// A tensor inside a [`LayerWeights`]: name, dtype, shape and exact bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorView<'a> {
+    spec: &'a TensorSpec,
+    bytes: &'a [u8],
+}
+
+impl<'a> TensorView<'a> {
+    /// The tensor's name in the file.
+    pub fn name(&self) -> &'a str {
+        &self.spec.name
+    }
+
+    /// Its element type.
+    pub fn dtype(&self) -> DType {
+        self.spec.dtype
+    }
+
+    /// Its shape, outermost dimension first.
+    pub fn shape(&self) -> &'a [u64] {
+        &self.spec.shape
+    }
+
+    /// Its exact bytes, as stored in the file (little-endian).
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The elements as `T`, if `T` has the dtype's size and the bytes are
+    /// aligned for it (they are for `.tmai` files, whose writer aligns tensors
+    /// to 64 bytes). Only meaningful on little-endian hosts.
+    pub fn as_slice<T: bytemuck::Pod>(&self) -> Option<&'a [T]> {
+        if std::mem::size_of::<T>() as u64 != self.spec.dtype.size() {
+            return None;
+        }
+        bytemuck::try_cast_slice(self.bytes).ok()
+    }
+
+    /// The elements as `f32`, if the dtype is `F32` and the bytes are aligned.
+    pub fn as_f32(&self) -> Option<&'a [f32]> {
+        if self.spec.dtype != DType::F32 {
+            return None;
+        }
+        self.as_slice()
+    }
+}
