@@ -264,6 +264,16 @@ pub enum FormatError {
         /// The name.
         name: String,
     },
+    /// A structure's bytes do not match the checksum recorded for them (the file is corrupt).
+    #[error("{what}: checksum mismatch (file records {expected:#018x}, bytes hash to {actual:#018x})")]
+    ChecksumMismatch {
+        /// The structure checked (`header` …).
+        what: String,
+        /// The checksum stored in the file.
+        expected: u64,
+        /// The checksum of the bytes.
+        actual: u64,
+    },
     /// Any other violation of the format, described.
     #[error("{0}")]
     Invalid(String),
