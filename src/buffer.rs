@@ -43,7 +43,11 @@ impl AlignedBuf {
     pub(crate) fn new(len: usize, charge: Option<Charge>) -> io::Result<Self> {
         let len = len.max(1);
         let rounded = len.checked_next_multiple_of(PAGE).ok_or_else(too_large)?;
-        let align = if rounded >= HUGE_PAGE { HUGE_PAGE } else { PAGE };
+        let align = if rounded >= HUGE_PAGE {
+            HUGE_PAGE
+        } else {
+            PAGE
+        };
         // Map `align - PAGE` extra bytes so an `align`-aligned start exists inside.
         let map_len = rounded.checked_add(align - PAGE).ok_or_else(too_large)?;
         // SAFETY: an anonymous private mapping with no address hint has no
@@ -83,11 +87,6 @@ impl AlignedBuf {
         })
     }
 
-    /// The buffer's length in bytes (a whole number of pages).
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
     /// A raw pointer for I/O into the buffer. Writers through it must not
     /// overlap each other nor any live `&[u8]` of the same bytes.
     pub(crate) fn as_mut_ptr(&self) -> *mut u8 {
@@ -118,7 +117,9 @@ impl Drop for AlignedBuf {
 
 impl std::fmt::Debug for AlignedBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AlignedBuf").field("len", &self.len).finish()
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -134,8 +135,12 @@ mod tests {
     fn buffers_are_aligned_zeroed_and_writable() {
         for len in [1, 4096, 4097, HUGE_PAGE, 3 * HUGE_PAGE + 5] {
             let mut b = AlignedBuf::new(len, None).unwrap();
-            assert!(b.len() >= len && b.len() % PAGE == 0);
-            let align = if b.len() >= HUGE_PAGE { HUGE_PAGE } else { PAGE };
+            assert!(b.as_slice().len() >= len && b.as_slice().len() % PAGE == 0);
+            let align = if b.as_slice().len() >= HUGE_PAGE {
+                HUGE_PAGE
+            } else {
+                PAGE
+            };
             assert_eq!(b.as_mut_ptr() as usize % align, 0);
             assert!(b.as_slice().iter().all(|&x| x == 0));
             b.as_mut_slice().fill(7);

@@ -43,8 +43,9 @@ impl Backend {
 /// };
 /// assert!(config.prefetch_enabled);
 /// ```
+///
+/// Always build it with `..MmapConfig::default()`: fields may be added.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub struct MmapConfig {
     /// Bytes of layer buffers held at once — cached, held by callers, and
     /// being read — never exceeded at any instant.
@@ -148,7 +149,9 @@ impl MmapConfig {
             ));
         }
         if self.min_layer_cache_size > 1 << 40 {
-            return Err(Error::InvalidArgument("min_layer_cache_size is above 1 TiB".into()));
+            return Err(Error::InvalidArgument(
+                "min_layer_cache_size is above 1 TiB".into(),
+            ));
         }
         Ok(self.min_layer_cache_size.max(1).next_multiple_of(4096))
     }
@@ -156,8 +159,17 @@ impl MmapConfig {
 
 fn default_cache_size() -> u64 {
     // SAFETY: sysconf has no preconditions; it returns -1 on error.
-    let (pages, page) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
-    let total = if pages > 0 && page > 0 { pages as u64 * page as u64 } else { 4 << 30 };
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let total = if pages > 0 && page > 0 {
+        pages as u64 * page as u64
+    } else {
+        4 << 30
+    };
     (total / 4).clamp(256 << 20, 16 << 30)
 }
 
@@ -170,11 +182,27 @@ mod tests {
         let c = MmapConfig::default();
         assert_eq!(c.validate().unwrap(), 4096);
         assert!(c.max_cache_size >= 256 << 20);
-        let c = MmapConfig { min_layer_cache_size: 5000, ..c };
+        let c = MmapConfig {
+            min_layer_cache_size: 5000,
+            ..c
+        };
         assert_eq!(c.validate().unwrap(), 8192);
-        let c = MmapConfig { min_layer_cache_size: 0, ..c };
+        let c = MmapConfig {
+            min_layer_cache_size: 0,
+            ..c
+        };
         assert_eq!(c.validate().unwrap(), 4096);
-        assert!(MmapConfig { max_cache_size: 0, ..c.clone() }.validate().is_err());
-        assert!(MmapConfig { reads_in_flight: 0, ..c }.validate().is_err());
+        assert!(MmapConfig {
+            max_cache_size: 0,
+            ..c.clone()
+        }
+        .validate()
+        .is_err());
+        assert!(MmapConfig {
+            reads_in_flight: 0,
+            ..c
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -265,7 +265,9 @@ pub enum FormatError {
         name: String,
     },
     /// A structure's bytes do not match the checksum recorded for them (the file is corrupt).
-    #[error("{what}: checksum mismatch (file records {expected:#018x}, bytes hash to {actual:#018x})")]
+    #[error(
+        "{what}: checksum mismatch (file records {expected:#018x}, bytes hash to {actual:#018x})"
+    )]
     ChecksumMismatch {
         /// The structure checked (`header` …).
         what: String,

@@ -114,7 +114,13 @@ pub struct TensorSpec {
 
 impl TensorSpec {
     /// A tensor description (used by format readers and writers).
-    pub fn new(name: impl Into<String>, dtype: DType, shape: Vec<u64>, offset: u64, len: u64) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        dtype: DType,
+        shape: Vec<u64>,
+        offset: u64,
+        len: u64,
+    ) -> Self {
         TensorSpec {
             name: name.into(),
             dtype,
@@ -157,7 +163,11 @@ mod tests {
 
     #[test]
     fn footprint_counts_whole_blocks_and_rounds_to_granule() {
-        let r = |offset, len| FileRange { file: 0, offset, len };
+        let r = |offset, len| FileRange {
+            file: 0,
+            offset,
+            len,
+        };
         assert_eq!(layer(vec![r(4096, 4096)]).footprint(4096), 4096);
         assert_eq!(layer(vec![r(4096, 1)]).footprint(4096), 4096);
         // An unaligned range touches two blocks.

@@ -4,13 +4,24 @@
 
 mod budget;
 mod buffer;
+mod cache;
 pub mod config;
 pub mod dtype;
 pub mod error;
 pub mod format;
 pub mod index;
+mod io;
+mod model;
+pub mod pagecache;
+mod stats;
+pub mod synth;
+mod verify;
+mod weights;
 
 pub use config::{Backend, MmapConfig};
 pub use dtype::DType;
 pub use error::{Error, FormatError, Result};
 pub use index::{FileFormat, FileRange, LayerSpec, ModelIndex, TensorSpec};
+pub use model::{LayerDescriptor, MappedModel, ReadGate, DEFAULT_PRIORITY};
+pub use stats::Stats;
+pub use weights::{LayerWeights, TensorView};

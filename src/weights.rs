@@ -6,6 +6,7 @@ use std::ops::Deref;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::budget::Budget;
 use crate::buffer::AlignedBuf;
 use crate::dtype::DType;
 use crate::index::TensorSpec;
@@ -59,13 +60,15 @@ impl LayerBytes {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone)]
 pub struct LayerWeights {
-    inner: Arc<LayerData>,
+    /// Always `Some` until `drop` takes it, so the budget is told about the
+    /// drop only after the reference count has fallen.
+    inner: Option<Arc<LayerData>>,
 }
 
 struct LayerData {
     bytes: LayerBytes,
+    budget: Arc<Budget>,
     layer: usize,
     tensors: Arc<[TensorSpec]>,
     /// Counts live buffers per layer, for `LayerDescriptor::is_active`.
@@ -81,35 +84,41 @@ impl Drop for LayerData {
 impl LayerWeights {
     pub(crate) fn new(
         bytes: LayerBytes,
+        budget: Arc<Budget>,
         layer: usize,
         tensors: Arc<[TensorSpec]>,
         metas: Arc<[LayerMeta]>,
     ) -> Self {
         metas[layer].live.fetch_add(1, Ordering::Relaxed);
         LayerWeights {
-            inner: Arc::new(LayerData {
+            inner: Some(Arc::new(LayerData {
                 bytes,
+                budget,
                 layer,
                 tensors,
                 metas,
-            }),
+            })),
         }
+    }
+
+    fn data(&self) -> &Arc<LayerData> {
+        self.inner.as_ref().expect("LayerWeights used after drop")
     }
 
     /// The index of the layer these weights belong to.
     pub fn layer_index(&self) -> usize {
-        self.inner.layer
+        self.data().layer
     }
 
     /// The layer's bytes (also available through `Deref`).
     pub fn bytes(&self) -> &[u8] {
-        self.inner.bytes.as_slice()
+        self.data().bytes.as_slice()
     }
 
     /// Whether the bytes are a view into a memory mapping of the file (the mmap
     /// backend) rather than a buffer they were read into.
     pub fn is_mapped(&self) -> bool {
-        matches!(self.inner.bytes.storage, Storage::Mapped(_))
+        matches!(self.data().bytes.storage, Storage::Mapped(_))
     }
 
     /// The tensor called `name`, if the layer has one.
@@ -120,7 +129,7 @@ impl LayerWeights {
     /// The layer's tensors, in file order.
     pub fn tensors(&self) -> impl ExactSizeIterator<Item = TensorView<'_>> + '_ {
         let bytes = self.bytes();
-        self.inner.tensors.iter().map(move |spec| TensorView {
+        self.data().tensors.iter().map(move |spec| TensorView {
             spec,
             // The format readers checked that every tensor lies inside its layer.
             bytes: &bytes[spec.offset as usize..(spec.offset + spec.len) as usize],
@@ -129,12 +138,35 @@ impl LayerWeights {
 
     /// Whether `a` and `b` share one buffer (one read).
     pub fn ptr_eq(a: &LayerWeights, b: &LayerWeights) -> bool {
-        Arc::ptr_eq(&a.inner, &b.inner)
+        Arc::ptr_eq(a.data(), b.data())
     }
 
     /// How many handles to this buffer exist (the cache's included).
     pub(crate) fn handle_count(&self) -> usize {
-        Arc::strong_count(&self.inner)
+        Arc::strong_count(self.data())
+    }
+}
+
+impl Clone for LayerWeights {
+    fn clone(&self) -> Self {
+        LayerWeights {
+            inner: Some(Arc::clone(self.data())),
+        }
+    }
+}
+
+impl Drop for LayerWeights {
+    fn drop(&mut self) {
+        if let Some(data) = self.inner.take() {
+            // Only when a fetch waits for memory is the budget told (after the
+            // count has fallen, so the waiter sees it); otherwise dropping a
+            // handle costs one atomic decrement.
+            let notify = data.budget.has_waiters().then(|| Arc::clone(&data.budget));
+            drop(data);
+            if let Some(budget) = notify {
+                budget.handle_dropped();
+            }
+        }
     }
 }
 
@@ -155,9 +187,9 @@ impl AsRef<[u8]> for LayerWeights {
 impl fmt::Debug for LayerWeights {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LayerWeights")
-            .field("layer", &self.inner.layer)
-            .field("len", &self.inner.bytes.len)
-            .field("tensors", &self.inner.tensors.len())
+            .field("layer", &self.data().layer)
+            .field("len", &self.data().bytes.len)
+            .field("tensors", &self.data().tensors.len())
             .field("mapped", &self.is_mapped())
             .finish()
     }

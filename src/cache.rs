@@ -1,0 +1,218 @@
+//! The layer cache: one slot per layer that is cached or being read.
+//!
+//! A slot is either `Loading` (a read is in flight; every fetch of the layer
+//! awaits the same shared future, so concurrent requests cause one read) or
+//! `Ready` (a hit clones the handle under a shard read lock; no I/O, no await).
+//!
+//! Eviction picks, among `Ready` entries that no caller holds, the lowest
+//! priority first, then the least recently used. "No caller holds" is checked
+//! under the shard's write lock at removal, where no hit can clone the handle
+//! concurrently, so an eviction always frees the memory it counts on. Evicted
+//! entries are returned to the caller and dropped outside every lock.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use dashmap::mapref::entry::Entry as MapEntry;
+use dashmap::DashMap;
+use futures::future::{BoxFuture, Shared};
+
+use crate::error::Result;
+use crate::model::LayerMeta;
+use crate::weights::LayerWeights;
+
+/// The future every waiter of one read awaits.
+pub(crate) type LoadFuture = Shared<BoxFuture<'static, Result<LayerWeights>>>;
+
+pub(crate) enum Slot {
+    Loading { id: u64, done: LoadFuture },
+    Ready(Entry),
+}
+
+pub(crate) struct Entry {
+    pub(crate) weights: LayerWeights,
+    /// Set while a prefetched layer waits for its first fetch.
+    pub(crate) prefetched_unused: AtomicBool,
+}
+
+/// What a fetch found in the cache.
+pub(crate) enum Lookup {
+    Hit(LayerWeights),
+    /// A read is in flight; await it.
+    Wait(LoadFuture),
+    /// The slot was empty and is now `Loading` with this id: the caller must
+    /// start the read and later call [`Cache::publish`] or [`Cache::abandon`].
+    Started {
+        id: u64,
+        done: LoadFuture,
+    },
+}
+
+/// Who wants a layer: a fetch (may evict anything unheld, may wait) or a
+/// prefetch (never waits, and never evicts a layer that is more important or
+/// that was prefetched and not used yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Demand,
+    Prefetch,
+}
+
+#[derive(Default)]
+pub(crate) struct Cache {
+    slots: DashMap<usize, Slot>,
+    next_id: AtomicU64,
+}
+
+impl Cache {
+    /// The cached handle of `layer`, if it is `Ready`. Returns whether that
+    /// was the first use of a prefetched layer too.
+    pub(crate) fn get_ready(&self, layer: usize) -> Option<(LayerWeights, bool)> {
+        let slot = self.slots.get(&layer)?;
+        match &*slot {
+            Slot::Ready(e) => Some((e.weights.clone(), take_flag(&e.prefetched_unused))),
+            Slot::Loading { .. } => None,
+        }
+    }
+
+    pub(crate) fn contains(&self, layer: usize) -> bool {
+        self.slots.contains_key(&layer)
+    }
+
+    pub(crate) fn is_ready(&self, layer: usize) -> bool {
+        matches!(self.slots.get(&layer).as_deref(), Some(Slot::Ready(_)))
+    }
+
+    /// Finds `layer`, or marks it `Loading` with the future `make` builds.
+    pub(crate) fn lookup_or_start(
+        &self,
+        layer: usize,
+        make: impl FnOnce() -> BoxFuture<'static, Result<LayerWeights>>,
+    ) -> (Lookup, bool) {
+        match self.slots.entry(layer) {
+            MapEntry::Occupied(o) => match o.get() {
+                Slot::Ready(e) => (
+                    Lookup::Hit(e.weights.clone()),
+                    take_flag(&e.prefetched_unused),
+                ),
+                Slot::Loading { done, .. } => (Lookup::Wait(done.clone()), false),
+            },
+            MapEntry::Vacant(v) => {
+                let id = self.next_id.fetch_add(1, Relaxed);
+                let done = futures::FutureExt::shared(make());
+                v.insert(Slot::Loading {
+                    id,
+                    done: done.clone(),
+                });
+                (Lookup::Started { id, done }, false)
+            }
+        }
+    }
+
+    /// Turns the `Loading` slot `id` into a `Ready` entry. Returns false if the
+    /// slot was released meanwhile (the read is detached: its waiters still get
+    /// the weights, but the cache does not keep them).
+    pub(crate) fn publish(
+        &self,
+        layer: usize,
+        id: u64,
+        weights: LayerWeights,
+        prefetched: bool,
+    ) -> bool {
+        let Some(mut slot) = self.slots.get_mut(&layer) else {
+            return false;
+        };
+        if !matches!(&*slot, Slot::Loading { id: cur, .. } if *cur == id) {
+            return false;
+        }
+        let old = std::mem::replace(
+            &mut *slot,
+            Slot::Ready(Entry {
+                weights,
+                prefetched_unused: AtomicBool::new(prefetched),
+            }),
+        );
+        drop(slot);
+        drop(old);
+        true
+    }
+
+    /// Removes the `Loading` slot `id` after its read failed or was dropped.
+    pub(crate) fn abandon(&self, layer: usize, id: u64) {
+        let removed = self.slots.remove_if(
+            &layer,
+            |_, s| matches!(s, Slot::Loading { id: cur, .. } if *cur == id),
+        );
+        drop(removed);
+    }
+
+    /// Removes `layer`'s slot, whatever its state. Returns the entry if it was
+    /// `Ready`, to be dropped by the caller outside the lock.
+    pub(crate) fn remove(&self, layer: usize) -> Option<Slot> {
+        self.slots.remove(&layer).map(|(_, s)| s)
+    }
+
+    /// Removes every slot; returns them for dropping outside the locks.
+    pub(crate) fn drain(&self) -> Vec<Slot> {
+        let keys: Vec<usize> = self.slots.iter().map(|r| *r.key()).collect();
+        keys.into_iter().filter_map(|k| self.remove(k)).collect()
+    }
+
+    /// Evicts one unheld `Ready` entry chosen by policy, if there is one, and
+    /// returns it (drop it outside any lock to free its memory).
+    pub(crate) fn evict_one(
+        &self,
+        metas: &[LayerMeta],
+        origin: Origin,
+        target_priority: f32,
+    ) -> Option<Entry> {
+        loop {
+            let victim = self.pick_victim(metas, origin, target_priority)?;
+            // Re-check under the write lock: a hit may have cloned it since.
+            let removed = self.slots.remove_if(
+                &victim,
+                |_, s| matches!(s, Slot::Ready(e) if e.weights.handle_count() == 1),
+            );
+            if let Some((_, Slot::Ready(e))) = removed {
+                return Some(e);
+            }
+        }
+    }
+
+    fn pick_victim(
+        &self,
+        metas: &[LayerMeta],
+        origin: Origin,
+        target_priority: f32,
+    ) -> Option<usize> {
+        let mut best: Option<(f32, u64, usize)> = None;
+        for slot in self.slots.iter() {
+            let Slot::Ready(e) = slot.value() else {
+                continue;
+            };
+            if e.weights.handle_count() != 1 {
+                continue;
+            }
+            let layer = *slot.key();
+            let meta = &metas[layer];
+            let priority = meta.priority();
+            if origin == Origin::Prefetch
+                && (e.prefetched_unused.load(Relaxed) || priority > target_priority)
+            {
+                continue;
+            }
+            let key = (priority, meta.last_used.load(Relaxed), layer);
+            let better = match best {
+                None => true,
+                Some((p, t, _)) => priority < p || (priority == p && key.1 < t),
+            };
+            if better {
+                best = Some(key);
+            }
+        }
+        best.map(|(_, _, layer)| layer)
+    }
+}
+
+/// Clears a flag, returning whether it was set, without writing when it is not.
+fn take_flag(flag: &AtomicBool) -> bool {
+    flag.load(Relaxed) && flag.swap(false, Relaxed)
+}

@@ -1,0 +1,198 @@
+//! The mmap backend: each file is mapped once, read-only; a layer is a view
+//! into the mapping, paged in with `MADV_WILLNEED` and a touch of every page
+//! on a blocking thread, so the future resolves only when the bytes are in
+//! memory and the caller's compute never stalls on a page fault.
+//!
+//! # The hazard
+//! A mapped file that shrinks under the mapping raises `SIGBUS` on access to
+//! the lost pages. Hyperion checks every range against the file's length at
+//! open, but cannot stop another process truncating the file afterwards;
+//! that is why [`Backend::Auto`] prefers io_uring, which turns truncation into
+//! a [`Error::Truncated`] instead.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use memmap2::{Advice, Mmap, UncheckedAdvice};
+
+use crate::budget::Charge;
+use crate::buffer::AlignedBuf;
+use crate::config::Backend;
+use crate::error::{Error, Result};
+use crate::index::{align_down, align_up, LayerSpec, BLOCK};
+use crate::weights::{LayerBytes, Storage};
+
+#[derive(Clone)]
+pub(crate) struct MmapBackend {
+    files: Arc<[Arc<Path>]>,
+    /// `None` for an empty file (which cannot be mapped and holds no layer bytes).
+    maps: Arc<[Option<Arc<Mmap>>]>,
+}
+
+impl MmapBackend {
+    pub(crate) fn open(files: &[Arc<Path>]) -> Result<Self> {
+        let mut maps = Vec::with_capacity(files.len());
+        for path in files {
+            let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+            let len = file
+                .metadata()
+                .map_err(|e| Error::io(path, "stat", e))?
+                .len();
+            if len == 0 {
+                maps.push(None);
+                continue;
+            }
+            // SAFETY: the mapping is read-only and we never create a `&mut`
+            // into it. The remaining hazard, another process truncating or
+            // rewriting the file while it is mapped, is documented on this
+            // module and on `Backend::Mmap`; every range we read is checked
+            // against the mapping's length first.
+            let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, "mmap", e))?;
+            maps.push(Some(Arc::new(map)));
+        }
+        Ok(MmapBackend {
+            files: files.into(),
+            maps: maps.into(),
+        })
+    }
+
+    fn read_blocking(&self, layer: usize, spec: &LayerSpec, charge: Charge) -> Result<LayerBytes> {
+        for r in &spec.ranges {
+            let path = &self.files[r.file];
+            // The file may have shrunk since it was mapped: touching pages past
+            // its end would raise SIGBUS, so check its length now. (This narrows
+            // the window; it cannot close it against a concurrent truncation.)
+            let now_len = std::fs::metadata(path)
+                .map_err(|e| Error::io(path, "stat", e))?
+                .len();
+            let map_len = self.maps[r.file]
+                .as_ref()
+                .map_or(0, |m| m.len() as u64)
+                .min(now_len);
+            if r.end() > map_len && r.len > 0 {
+                return Err(Error::Truncated {
+                    path: Arc::clone(path),
+                    layer,
+                    offset: r.offset,
+                    expected_end: r.end(),
+                    end: map_len,
+                });
+            }
+        }
+        if let [r] = spec.ranges.as_slice() {
+            let Some(map) = &self.maps[r.file] else {
+                // An empty layer in an empty file: nothing to map.
+                let buf = AlignedBuf::new(0, Some(charge))
+                    .map_err(|e| Error::io(&self.files[r.file], "allocate", e))?;
+                return Ok(LayerBytes {
+                    storage: Storage::Heap(buf),
+                    start: 0,
+                    len: 0,
+                });
+            };
+            let start = align_down(r.offset, BLOCK) as usize;
+            let end = (align_up(r.end(), BLOCK) as usize).min(map.len());
+            let view = MappedView {
+                map: Arc::clone(map),
+                start,
+                len: end - start,
+                _charge: charge,
+            };
+            view.page_in();
+            return Ok(LayerBytes {
+                storage: Storage::Mapped(view),
+                start: (r.offset as usize) - start,
+                len: r.len as usize,
+            });
+        }
+        // Several ranges: gather them into one buffer.
+        let mut buf = AlignedBuf::new(spec.size as usize, Some(charge))
+            .map_err(|e| Error::io(&self.files[0], "allocate", e))?;
+        let mut at = 0usize;
+        for r in &spec.ranges {
+            if r.len == 0 {
+                continue;
+            }
+            let map = self.maps[r.file]
+                .as_ref()
+                .expect("non-empty range implies a mapped file");
+            let src = &map[r.offset as usize..r.end() as usize];
+            buf.as_mut_slice()[at..at + src.len()].copy_from_slice(src);
+            at += src.len();
+        }
+        Ok(LayerBytes {
+            storage: Storage::Heap(buf),
+            start: 0,
+            len: spec.size as usize,
+        })
+    }
+}
+
+impl super::ReadBackend for MmapBackend {
+    fn kind(&self) -> Backend {
+        Backend::Mmap
+    }
+
+    fn read(
+        &self,
+        layer: usize,
+        spec: &LayerSpec,
+        charge: Charge,
+    ) -> BoxFuture<'static, Result<LayerBytes>> {
+        let this = self.clone();
+        let spec = spec.clone();
+        let path = Arc::clone(&self.files[spec.ranges[0].file]);
+        async move {
+            // Page faults block: keep them off the async workers.
+            tokio::task::spawn_blocking(move || this.read_blocking(layer, &spec, charge))
+                .await
+                .map_err(|_| Error::Aborted { path, layer })?
+        }
+        .boxed()
+    }
+}
+
+/// A page-aligned window of a file mapping that one layer's bytes live in.
+pub(crate) struct MappedView {
+    map: Arc<Mmap>,
+    start: usize,
+    len: usize,
+    _charge: Charge,
+}
+
+impl MappedView {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.map[self.start..self.start + self.len]
+    }
+
+    /// Starts readahead for the window and waits until every page is resident.
+    fn page_in(&self) {
+        // Advice is a hint: if the kernel refuses it, the touches below still
+        // fault every page in, just less efficiently.
+        let _ = self
+            .map
+            .advise_range(Advice::WillNeed, self.start, self.len);
+        let bytes = self.as_slice();
+        let mut sum = 0u8;
+        for page in bytes.chunks(BLOCK as usize) {
+            sum = sum.wrapping_add(page[0]);
+        }
+        std::hint::black_box(sum);
+    }
+}
+
+impl Drop for MappedView {
+    fn drop(&mut self) {
+        // SAFETY: MADV_DONTNEED on a read-only shared file mapping only drops
+        // this process's page-table entries; any later access (by another view
+        // sharing a boundary page) faults the same file bytes back in, so no
+        // live reference can observe changed data. The range is inside the map.
+        let _ = unsafe {
+            self.map
+                .unchecked_advise_range(UncheckedAdvice::DontNeed, self.start, self.len)
+        };
+    }
+}

@@ -1,0 +1,63 @@
+//! Read backends: how the bytes of a layer that is not cached get into memory.
+//!
+//! One small trait, two engines in their own files: [`uring`] (io_uring on a
+//! dedicated ring thread, direct I/O into aligned buffers) and [`mmap`]
+//! (views into a mapping of the file, paged in with `madvise`). The cache
+//! reserves budget first and hands the [`Charge`] to the backend, which puts
+//! it inside the memory it fills, so the charge lives exactly as long as
+//! the memory.
+
+pub(crate) mod mmap;
+pub(crate) mod uring;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use crate::budget::Charge;
+use crate::config::{Backend, MmapConfig};
+use crate::error::{Error, Result};
+use crate::index::LayerSpec;
+use crate::weights::LayerBytes;
+
+/// A read engine. Implementations must return either the layer's exact
+/// bytes or an error; never fewer bytes, never stale ones.
+pub(crate) trait ReadBackend: Send + Sync + 'static {
+    /// Which engine this is (never `Auto`).
+    fn kind(&self) -> Backend;
+
+    /// Reads the bytes of `spec` (layer `layer`) into memory paid for by `charge`.
+    fn read(
+        &self,
+        layer: usize,
+        spec: &LayerSpec,
+        charge: Charge,
+    ) -> BoxFuture<'static, Result<LayerBytes>>;
+}
+
+/// Opens the engine `config.backend` asks for over `files`.
+pub(crate) async fn open_backend(
+    files: &[Arc<Path>],
+    config: &MmapConfig,
+) -> Result<Arc<dyn ReadBackend>> {
+    match config.backend {
+        Backend::Mmap => Ok(Arc::new(mmap::MmapBackend::open(files)?)),
+        Backend::IoUring => Ok(Arc::new(uring::UringBackend::open(files, config).await?)),
+        Backend::Auto => match uring::UringBackend::open(files, config).await {
+            Ok(b) => Ok(Arc::new(b)),
+            Err(e @ Error::BackendUnavailable { .. }) => {
+                warn_fallback_once(&e);
+                Ok(Arc::new(mmap::MmapBackend::open(files)?))
+            }
+            Err(e) => Err(e),
+        },
+    }
+}
+
+fn warn_fallback_once(e: &Error) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(
+        || tracing::warn!(error = %e, "io_uring unavailable, falling back to the mmap backend"),
+    );
+}

@@ -1,0 +1,715 @@
+//! [`MappedModel`]: the facade that ties the index, the cache, the budget,
+//! the backend and the prefetcher together.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use parking_lot::RwLock;
+use tokio::sync::{oneshot, Semaphore};
+use tracing::Instrument;
+
+use crate::budget::{Budget, Charge, Pending, RECHECK};
+use crate::cache::{Cache, Lookup, Origin, Slot};
+use crate::config::{Backend, MmapConfig};
+use crate::error::{Error, Result};
+use crate::index::ModelIndex;
+use crate::io::ReadBackend;
+use crate::stats::{Counters, Stats};
+use crate::weights::LayerWeights;
+
+/// The priority every layer starts with, and returns to on
+/// [`MappedModel::reset_priorities`].
+pub const DEFAULT_PRIORITY: f32 = 0.0;
+
+/// A model opened for layer-by-layer loading.
+///
+/// Cheap to clone (a reference count); clones share one cache, budget and
+/// backend, and may be used from any number of tasks and threads at once.
+///
+/// # Examples
+///
+/// A forward pass that reads each layer while the next ones stream in:
+///
+/// ```
+/// use hyperion::{synth, MappedModel, MmapConfig};
+///
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> hyperion::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("model.tmai");
+/// # synth::write(&path, &synth::SynthSpec { layers: 8, layer_size: 64 << 10, ..Default::default() })?;
+/// let config = MmapConfig { max_cache_size: 256 << 10, ..MmapConfig::default() };
+/// let model = MappedModel::open(&path, config).await?;
+/// for i in 0..model.layer_count() {
+///     for ahead in i + 1..(i + 3).min(model.layer_count()) {
+///         model.prefetch(ahead);
+///     }
+///     let weights = model.layer(i).await?;
+///     assert_eq!(weights.len() as u64, model.descriptor(i)?.size);
+///     // ... compute with `weights` ...
+/// }
+/// assert!(model.stats().peak_memory <= 256 << 10);
+/// model.close();
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct MappedModel {
+    shared: Arc<Shared>,
+}
+
+/// Per-layer state that lives outside the cache: the spec's descriptor fields.
+#[derive(Debug)]
+pub(crate) struct LayerMeta {
+    /// `f32` bits of the layer's priority.
+    priority: AtomicU32,
+    /// The policy clock at the last fetch or insertion (for LRU).
+    pub(crate) last_used: AtomicU64,
+    /// Nanoseconds after open of the last fetch, 0 if never fetched.
+    last_accessed: AtomicU64,
+    access_count: AtomicU64,
+    /// Live buffers of this layer (cached or held by callers).
+    pub(crate) live: AtomicUsize,
+}
+
+impl LayerMeta {
+    fn new() -> Self {
+        LayerMeta {
+            priority: AtomicU32::new(DEFAULT_PRIORITY.to_bits()),
+            last_used: AtomicU64::new(0),
+            last_accessed: AtomicU64::new(0),
+            access_count: AtomicU64::new(0),
+            live: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn priority(&self) -> f32 {
+        f32::from_bits(self.priority.load(Relaxed))
+    }
+}
+
+/// A layer's descriptor: the spec's `HyperionLayerDescriptor`, as of the call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct LayerDescriptor {
+    /// Offset of the layer's first byte in its file.
+    pub offset: u64,
+    /// Size of the layer's bytes.
+    pub size: u64,
+    /// The layer's index in the model.
+    pub layer_index: usize,
+    /// Bits per weight.
+    pub precision: u32,
+    /// Whether the cache holds the layer's bytes (a fetch would hit).
+    pub cached: bool,
+    /// Whether the layer's bytes are in memory at all: cached, or held by a
+    /// caller's [`LayerWeights`] after the cache let go of them.
+    pub is_active: bool,
+    /// Retention priority: higher stays cached longer.
+    pub priority: f32,
+    /// Nanoseconds between opening the model and the last fetch of this layer
+    /// (a monotonic clock); 0 if it was never fetched.
+    pub last_accessed: u64,
+    /// How many times the layer was fetched.
+    pub access_count: u64,
+}
+
+/// A hook awaited before every backend read; tests use it to slow reads down
+/// and observe concurrency.
+#[doc(hidden)]
+pub type ReadGate = Arc<dyn Fn(usize) -> BoxFuture<'static, ()> + Send + Sync>;
+
+pub(crate) struct Shared {
+    path: Arc<Path>,
+    index: ModelIndex,
+    config: MmapConfig,
+    granule: u64,
+    backend_kind: Backend,
+    /// `None` once closed: dropping it lets the ring thread exit once the
+    /// reads in flight finish.
+    backend: RwLock<Option<Arc<dyn ReadBackend>>>,
+    cache: Cache,
+    metas: Arc<[LayerMeta]>,
+    budget: Arc<Budget>,
+    prefetch_slots: Arc<Semaphore>,
+    counters: Counters,
+    closed: AtomicBool,
+    opened_at: Instant,
+    clock: AtomicU64,
+    runtime: tokio::runtime::Handle,
+    read_gate: OnceLock<ReadGate>,
+}
+
+impl MappedModel {
+    /// Opens the model file at `path`. Reads only its metadata; layers are
+    /// read when fetched or prefetched.
+    ///
+    /// Must be called within a tokio runtime; reads are spawned onto it.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the file cannot be read, [`Error::Format`] if it is
+    /// not a valid model, [`Error::InvalidArgument`] for a bad config or when
+    /// called outside a runtime, [`Error::BackendUnavailable`] if
+    /// [`Backend::IoUring`] was asked for and the kernel refuses it.
+    pub async fn open(path: impl AsRef<Path>, config: MmapConfig) -> Result<MappedModel> {
+        let path: PathBuf = path.as_ref().to_path_buf();
+        Self::open_path(path, config).await
+    }
+
+    async fn open_path(path: PathBuf, config: MmapConfig) -> Result<MappedModel> {
+        let granule = config.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::InvalidArgument("MappedModel::open must be called within a tokio runtime".into())
+        })?;
+        let span = tracing::info_span!("open", path = %path.display(), layers = tracing::field::Empty, backend = tracing::field::Empty);
+        async move {
+            let shared_path: Arc<Path> = Arc::from(path.as_path());
+            let index = tokio::task::spawn_blocking(move || crate::format::read_index(&path))
+                .await
+                .map_err(|_| Error::Aborted {
+                    path: Arc::clone(&shared_path),
+                    layer: 0,
+                })??;
+            let backend = crate::io::open_backend(&index.files, &config).await?;
+            let backend_kind = backend.kind();
+            let span = tracing::Span::current();
+            span.record("layers", index.layers.len());
+            span.record("backend", backend_kind.name());
+            tracing::debug!("opened");
+            let metas: Arc<[LayerMeta]> =
+                (0..index.layers.len()).map(|_| LayerMeta::new()).collect();
+            Ok(MappedModel {
+                shared: Arc::new(Shared {
+                    path: shared_path,
+                    granule,
+                    backend_kind,
+                    backend: RwLock::new(Some(backend)),
+                    cache: Cache::default(),
+                    metas,
+                    budget: Budget::new(config.max_cache_size),
+                    prefetch_slots: Arc::new(Semaphore::new(config.prefetch_threads.max(1))),
+                    counters: Counters::default(),
+                    closed: AtomicBool::new(false),
+                    opened_at: Instant::now(),
+                    clock: AtomicU64::new(1),
+                    runtime,
+                    read_gate: OnceLock::new(),
+                    index,
+                    config,
+                }),
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Closes the model: empties the cache and lets go of the files. Every
+    /// clone of this model then fails with [`Error::Closed`]. Handles already
+    /// returned stay valid; their memory is freed when they drop.
+    pub fn close(self) {
+        self.shared.close();
+    }
+
+    /// The path the model was opened from.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// The model's index: layers, byte ranges and tensors.
+    pub fn index(&self) -> &ModelIndex {
+        &self.shared.index
+    }
+
+    /// The configuration the model was opened with.
+    pub fn config(&self) -> &MmapConfig {
+        &self.shared.config
+    }
+
+    /// The backend that reads this model (never [`Backend::Auto`]).
+    pub fn backend(&self) -> Backend {
+        self.shared.backend_kind
+    }
+
+    /// The number of layers.
+    pub fn layer_count(&self) -> usize {
+        self.shared.index.layers.len()
+    }
+
+    /// The descriptor of layer `layer`, with fields current as of the call.
+    ///
+    /// # Errors
+    /// [`Error::LayerOutOfRange`], [`Error::Closed`].
+    pub fn descriptor(&self, layer: usize) -> Result<LayerDescriptor> {
+        let s = &self.shared;
+        s.check(layer)?;
+        let spec = &s.index.layers[layer];
+        let meta = &s.metas[layer];
+        Ok(LayerDescriptor {
+            offset: spec.offset(),
+            size: spec.size,
+            layer_index: layer,
+            precision: spec.precision,
+            cached: s.cache.is_ready(layer),
+            is_active: meta.live.load(Relaxed) > 0,
+            priority: meta.priority(),
+            last_accessed: meta.last_accessed.load(Relaxed),
+            access_count: meta.access_count.load(Relaxed),
+        })
+    }
+
+    /// Fetches layer `layer`'s weights.
+    ///
+    /// A cached layer resolves on the first poll, with no I/O. Otherwise the
+    /// layer is read once, however many tasks await it at the same time; the
+    /// read runs as its own task, so it finishes (and caches the layer) even if
+    /// every waiter gives up.
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any point leaks no budget and leaves no entry
+    /// stuck loading; other waiters of the same read are unaffected.
+    ///
+    /// # Errors
+    /// [`Error::LayerOutOfRange`], [`Error::Closed`], [`Error::LayerTooLarge`]
+    /// when the layer alone exceeds `max_cache_size`,
+    /// [`Error::BudgetExhausted`] when live handles hold the whole budget
+    /// (after waiting up to `memory_wait_timeout`), [`Error::Io`],
+    /// [`Error::Truncated`], [`Error::ChecksumMismatch`].
+    pub fn layer(
+        &self,
+        layer: usize,
+    ) -> impl Future<Output = Result<LayerWeights>> + Send + 'static {
+        let shared = Arc::clone(&self.shared);
+        async move { shared.fetch(layer).await }
+    }
+
+    /// Starts reading layer `layer` in the background, so that a later
+    /// [`layer`](Self::layer) hits. Returns whether the layer is cached, being
+    /// read, or queued to be read; false if prefetching is disabled, the index
+    /// is out of range, the model is closed, or the layer exceeds the budget.
+    ///
+    /// At most `prefetch_threads` prefetch reads run at once; the rest queue.
+    /// A prefetch never waits for memory and never evicts a layer with a
+    /// higher priority or one prefetched and not yet used: if it finds no room
+    /// it is dropped (counted in [`Stats::prefetch_skipped`]).
+    pub fn prefetch(&self, layer: usize) -> bool {
+        self.shared.prefetch(layer)
+    }
+
+    /// Drops the cache's hold on layer `layer` (cancelling its interest in a
+    /// read in flight). The memory returns to the budget when the last
+    /// [`LayerWeights`] of the layer drops.
+    ///
+    /// # Errors
+    /// [`Error::LayerOutOfRange`], [`Error::Closed`].
+    pub fn release(&self, layer: usize) -> Result<()> {
+        let s = &self.shared;
+        s.check(layer)?;
+        let _span = tracing::debug_span!("release", layer).entered();
+        if let Some(slot) = s.cache.remove(layer) {
+            s.drop_slot(slot);
+        }
+        Ok(())
+    }
+
+    /// Bytes of layer buffers alive now: cached, held by callers, or being read.
+    pub fn memory_usage(&self) -> u64 {
+        self.shared.budget.used()
+    }
+
+    /// Sets layer `layer`'s retention priority: when memory is needed, lower
+    /// priorities are evicted first. The default is [`DEFAULT_PRIORITY`].
+    ///
+    /// # Errors
+    /// [`Error::LayerOutOfRange`], [`Error::Closed`], and
+    /// [`Error::InvalidArgument`] for a NaN priority.
+    pub fn set_priority(&self, layer: usize, priority: f32) -> Result<()> {
+        self.shared.check(layer)?;
+        if priority.is_nan() {
+            return Err(Error::InvalidArgument(format!(
+                "priority of layer {layer} is NaN"
+            )));
+        }
+        self.shared.metas[layer]
+            .priority
+            .store(priority.to_bits(), Relaxed);
+        Ok(())
+    }
+
+    /// Sets every layer's priority back to [`DEFAULT_PRIORITY`].
+    pub fn reset_priorities(&self) {
+        for meta in self.shared.metas.iter() {
+            meta.priority.store(DEFAULT_PRIORITY.to_bits(), Relaxed);
+        }
+    }
+
+    /// A snapshot of the model's counters.
+    pub fn stats(&self) -> Stats {
+        let s = &self.shared;
+        s.counters.snapshot(s.budget.used(), s.budget.peak())
+    }
+
+    /// Installs a hook awaited before every backend read (once per model).
+    #[doc(hidden)]
+    pub fn set_read_gate(&self, gate: ReadGate) {
+        let _ = self.shared.read_gate.set(gate);
+    }
+}
+
+impl std::fmt::Debug for MappedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedModel")
+            .field("path", &self.shared.path)
+            .field("layers", &self.layer_count())
+            .field("backend", &self.shared.backend_kind)
+            .finish()
+    }
+}
+
+impl Shared {
+    fn check(&self, layer: usize) -> Result<()> {
+        if self.closed.load(Relaxed) {
+            return Err(Error::Closed {
+                path: Arc::clone(&self.path),
+            });
+        }
+        let count = self.index.layers.len();
+        if layer >= count {
+            return Err(Error::LayerOutOfRange {
+                path: Arc::clone(&self.path),
+                layer,
+                count,
+            });
+        }
+        Ok(())
+    }
+
+    fn footprint(&self, layer: usize) -> u64 {
+        self.index.layers[layer].footprint(self.granule)
+    }
+
+    fn touch(&self, layer: usize) {
+        let meta = &self.metas[layer];
+        meta.last_used
+            .store(self.clock.fetch_add(1, Relaxed), Relaxed);
+        let now = self.opened_at.elapsed().as_nanos() as u64;
+        meta.last_accessed.store(now.max(1), Relaxed);
+        meta.access_count.fetch_add(1, Relaxed);
+    }
+
+    async fn fetch(self: Arc<Self>, layer: usize) -> Result<LayerWeights> {
+        self.check(layer)?;
+        self.touch(layer);
+        if let Some((weights, first_use)) = self.cache.get_ready(layer) {
+            let _span = tracing::trace_span!("fetch", layer, hit = true).entered();
+            Counters::bump(&self.counters.hits);
+            if first_use {
+                Counters::bump(&self.counters.prefetch_used);
+            }
+            return Ok(weights);
+        }
+        let span = tracing::debug_span!(
+            "fetch",
+            layer,
+            hit = false,
+            bytes = self.index.layers[layer].size,
+            backend = self.backend_kind.name(),
+            wait_us = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let result = async {
+            let (lookup, first_use) = self.start_or_join(layer, Origin::Demand, None);
+            match lookup {
+                Lookup::Hit(weights) => {
+                    Counters::bump(&self.counters.hits);
+                    if first_use {
+                        Counters::bump(&self.counters.prefetch_used);
+                    }
+                    Ok(weights)
+                }
+                Lookup::Wait(done) => {
+                    Counters::bump(&self.counters.misses);
+                    Counters::bump(&self.counters.coalesced);
+                    done.await
+                }
+                Lookup::Started { done, .. } => {
+                    Counters::bump(&self.counters.misses);
+                    done.await
+                }
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        span.record("wait_us", started.elapsed().as_micros() as u64);
+        result
+    }
+
+    /// Finds `layer` in the cache or starts its read as a task of its own.
+    /// `charge` is memory a prefetch already reserved for it.
+    fn start_or_join(
+        self: &Arc<Self>,
+        layer: usize,
+        origin: Origin,
+        reserved: Option<(Charge, Pending)>,
+    ) -> (Lookup, bool) {
+        let (tx, rx) = oneshot::channel::<Result<LayerWeights>>();
+        let path = Arc::clone(&self.path);
+        let (lookup, first_use) = self.cache.lookup_or_start(layer, move || {
+            rx.map(move |r| r.unwrap_or_else(|_| Err(Error::Aborted { path, layer })))
+                .boxed()
+        });
+        if let Lookup::Started { id, .. } = &lookup {
+            let load = Load {
+                shared: Arc::clone(self),
+                layer,
+                id: *id,
+                armed: true,
+                pending: None,
+            };
+            self.runtime.spawn(load.run(origin, reserved, tx));
+        }
+        (lookup, first_use)
+    }
+
+    fn prefetch(self: &Arc<Self>, layer: usize) -> bool {
+        if !self.config.prefetch_enabled || self.check(layer).is_err() {
+            return false;
+        }
+        if self.cache.contains(layer) {
+            return true;
+        }
+        if self.footprint(layer) > self.budget.max() {
+            return false;
+        }
+        let shared = Arc::clone(self);
+        let span = tracing::debug_span!("prefetch", layer);
+        self.runtime.spawn(
+            async move {
+                let Ok(_permit) = Arc::clone(&shared.prefetch_slots).acquire_owned().await else {
+                    return;
+                };
+                // A fetch may have read it while this prefetch queued.
+                if shared.closed.load(Relaxed) || shared.cache.contains(layer) {
+                    return;
+                }
+                let priority = shared.metas[layer].priority();
+                let reserved = match shared.reserve(layer, Origin::Prefetch, priority).await {
+                    Ok(reserved) => reserved,
+                    Err(_) => {
+                        Counters::bump(&shared.counters.prefetch_skipped);
+                        return;
+                    }
+                };
+                let in_flight = shared.counters.prefetch_in_flight.fetch_add(1, Relaxed) + 1;
+                shared
+                    .counters
+                    .prefetch_peak_in_flight
+                    .fetch_max(in_flight, Relaxed);
+                let (lookup, _) = shared.start_or_join(layer, Origin::Prefetch, Some(reserved));
+                if let Lookup::Started { done, .. } = lookup {
+                    Counters::bump(&shared.counters.prefetch_issued);
+                    // Hold the permit until the read is done.
+                    let _ = done.await;
+                }
+                shared.counters.prefetch_in_flight.fetch_sub(1, Relaxed);
+            }
+            .instrument(span),
+        );
+        true
+    }
+
+    /// Reserves memory for `layer`, evicting by policy. A fetch waits for
+    /// reads in flight (their buffers may become evictable) and then up to
+    /// `memory_wait_timeout` for callers to drop handles; a prefetch never waits.
+    async fn reserve(
+        &self,
+        layer: usize,
+        origin: Origin,
+        priority: f32,
+    ) -> Result<(Charge, Pending)> {
+        let needed = self.footprint(layer);
+        let budget = &self.budget;
+        if needed > budget.max() {
+            return Err(Error::LayerTooLarge {
+                path: Arc::clone(&self.path),
+                layer,
+                needed,
+                budget: budget.max(),
+            });
+        }
+        let deadline = tokio::time::Instant::now() + self.config.memory_wait_timeout;
+        let mut waiting = None;
+        loop {
+            // Register for wake-ups before looking, so none is missed.
+            let changed = budget.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(charge) = budget.try_reserve(needed) {
+                return Ok((charge, budget.begin_pending()));
+            }
+            if let Some(victim) = self.cache.evict_one(&self.metas, origin, priority) {
+                let victim_layer = victim.weights.layer_index();
+                let _span = tracing::debug_span!("evict", layer = victim_layer, for_layer = layer)
+                    .entered();
+                Counters::bump(&self.counters.evictions);
+                if victim.prefetched_unused.load(Relaxed) {
+                    Counters::bump(&self.counters.prefetch_wasted);
+                }
+                drop(victim);
+                continue;
+            }
+            let exhausted = || Error::BudgetExhausted {
+                path: Arc::clone(&self.path),
+                layer,
+                needed,
+                held: budget.used(),
+                budget: budget.max(),
+            };
+            if origin == Origin::Prefetch || self.closed.load(Relaxed) {
+                return Err(exhausted());
+            }
+            if waiting.is_none() {
+                // Count ourselves as waiting, then look once more: a handle
+                // dropped before this point is seen by that look, one dropped
+                // after it sees us and wakes us.
+                waiting = Some(budget.begin_wait());
+                continue;
+            }
+            // Reads in flight will publish (and may become evictable): wait
+            // for them whatever the timeout. Otherwise wait until the deadline.
+            if budget.pending() == 0 && tokio::time::Instant::now() >= deadline {
+                return Err(exhausted());
+            }
+            let limit = if budget.pending() > 0 {
+                tokio::time::Instant::now() + RECHECK
+            } else {
+                deadline.min(tokio::time::Instant::now() + RECHECK)
+            };
+            let _ = tokio::time::timeout_at(limit, changed).await;
+        }
+    }
+
+    fn drop_slot(&self, slot: Slot) {
+        if let Slot::Ready(entry) = &slot {
+            if entry.prefetched_unused.load(Relaxed) {
+                Counters::bump(&self.counters.prefetch_wasted);
+            }
+        }
+        drop(slot);
+    }
+
+    fn close(&self) {
+        if self.closed.swap(true, Relaxed) {
+            return;
+        }
+        let _span = tracing::debug_span!("close", path = %self.path.display()).entered();
+        for slot in self.cache.drain() {
+            self.drop_slot(slot);
+        }
+        self.backend.write().take();
+        self.budget.changed.notify_waiters();
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// One read of one layer, running as its own task. If the task is dropped
+/// before it finishes (the runtime shut down), `Drop` clears its `Loading`
+/// slot, and its waiters see [`Error::Aborted`] through the dropped sender.
+struct Load {
+    shared: Arc<Shared>,
+    layer: usize,
+    id: u64,
+    armed: bool,
+    /// Dropped only after the layer is published (or abandoned), so waiters
+    /// for memory re-check once it is evictable.
+    pending: Option<Pending>,
+}
+
+impl Load {
+    async fn run(
+        mut self,
+        origin: Origin,
+        reserved: Option<(Charge, Pending)>,
+        tx: oneshot::Sender<Result<LayerWeights>>,
+    ) {
+        let result = self.read(origin, reserved).await;
+        let s = &self.shared;
+        match &result {
+            Ok(weights) => {
+                s.cache.publish(
+                    self.layer,
+                    self.id,
+                    weights.clone(),
+                    origin == Origin::Prefetch,
+                );
+            }
+            Err(_) => s.cache.abandon(self.layer, self.id),
+        }
+        self.armed = false;
+        self.pending = None;
+        s.budget.changed.notify_waiters();
+        let _ = tx.send(result);
+    }
+
+    async fn read(
+        &mut self,
+        origin: Origin,
+        reserved: Option<(Charge, Pending)>,
+    ) -> Result<LayerWeights> {
+        let s = Arc::clone(&self.shared);
+        let layer = self.layer;
+        let (charge, pending) = match reserved {
+            Some(r) => r,
+            None => s.reserve(layer, origin, s.metas[layer].priority()).await?,
+        };
+        self.pending = Some(pending);
+        let backend = s.backend.read().clone().ok_or_else(|| Error::Closed {
+            path: Arc::clone(&s.path),
+        })?;
+        if let Some(gate) = s.read_gate.get() {
+            gate(layer).await;
+        }
+        let spec = &s.index.layers[layer];
+        let started = Instant::now();
+        let bytes = backend.read(layer, spec, charge).await?;
+        s.counters
+            .read_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+        Counters::bump(&s.counters.reads);
+        s.counters.bytes_read.fetch_add(spec.size, Relaxed);
+        let bytes = match (s.config.verify_checksums, spec.checksum) {
+            (true, Some(expected)) => {
+                crate::verify::check_layer(&s.path, layer, bytes, expected).await?
+            }
+            _ => bytes,
+        };
+        s.metas[layer]
+            .last_used
+            .store(s.clock.fetch_add(1, Relaxed), Relaxed);
+        Ok(LayerWeights::new(
+            bytes,
+            Arc::clone(&s.budget),
+            layer,
+            Arc::clone(&spec.tensors),
+            Arc::clone(&s.metas),
+        ))
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.cache.abandon(self.layer, self.id);
+            self.shared.budget.changed.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Counters the loader keeps, and the snapshot [`Stats`] it reports.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A snapshot of a model's counters, from [`MappedModel::stats`](crate::MappedModel::stats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Fetches answered from the cache without I/O.
+    pub hits: u64,
+    /// Fetches that had to wait for a read (their own or one in flight).
+    pub misses: u64,
+    /// Misses that joined a read already in flight instead of starting one.
+    pub coalesced: u64,
+    /// Layer reads issued to the backend.
+    pub reads: u64,
+    /// Bytes of layers read from disk.
+    pub bytes_read: u64,
+    /// Nanoseconds spent in backend reads, summed over reads.
+    pub read_nanos: u64,
+    /// Layers the cache dropped to make room.
+    pub evictions: u64,
+    /// Prefetch reads started.
+    pub prefetch_issued: u64,
+    /// Prefetched layers that a fetch then used.
+    pub prefetch_used: u64,
+    /// Prefetched layers evicted or released before any fetch used them.
+    pub prefetch_wasted: u64,
+    /// Prefetches dropped because the budget had no room they could take.
+    pub prefetch_skipped: u64,
+    /// The most prefetch reads ever in flight at once (≤ `prefetch_threads`).
+    pub prefetch_peak_in_flight: u64,
+    /// Bytes of layer buffers alive now (cached, held, or being read).
+    pub memory_usage: u64,
+    /// The most bytes of layer buffers ever alive at once (≤ `max_cache_size`).
+    pub peak_memory: u64,
+}
+
+impl Stats {
+    /// Hits over all fetches, or 0 when there were none.
+    pub fn hit_rate(&self) -> f64 {
+        let total = self.hits + self.misses;
+        if total == 0 {
+            0.0
+        } else {
+            self.hits as f64 / total as f64
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) coalesced: AtomicU64,
+    pub(crate) reads: AtomicU64,
+    pub(crate) bytes_read: AtomicU64,
+    pub(crate) read_nanos: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+    pub(crate) prefetch_issued: AtomicU64,
+    pub(crate) prefetch_used: AtomicU64,
+    pub(crate) prefetch_wasted: AtomicU64,
+    pub(crate) prefetch_skipped: AtomicU64,
+    pub(crate) prefetch_in_flight: AtomicU64,
+    pub(crate) prefetch_peak_in_flight: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, memory_usage: u64, peak_memory: u64) -> Stats {
+        Stats {
+            hits: self.hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            coalesced: self.coalesced.load(Relaxed),
+            reads: self.reads.load(Relaxed),
+            bytes_read: self.bytes_read.load(Relaxed),
+            read_nanos: self.read_nanos.load(Relaxed),
+            evictions: self.evictions.load(Relaxed),
+            prefetch_issued: self.prefetch_issued.load(Relaxed),
+            prefetch_used: self.prefetch_used.load(Relaxed),
+            prefetch_wasted: self.prefetch_wasted.load(Relaxed),
+            prefetch_skipped: self.prefetch_skipped.load(Relaxed),
+            prefetch_peak_in_flight: self.prefetch_peak_in_flight.load(Relaxed),
+            memory_usage,
+            peak_memory,
+        }
+    }
+}

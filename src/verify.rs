@@ -1,0 +1,45 @@
+//! Checking a layer's bytes against the checksum its file records.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::weights::LayerBytes;
+
+/// Layers at least this large are hashed on a blocking thread, so a long
+/// hash never stalls an async worker.
+const BLOCKING_THRESHOLD: usize = 256 << 10;
+
+/// Returns `bytes` if their xxh3-64 equals `expected`, else a
+/// [`Error::ChecksumMismatch`] (and the bytes are dropped).
+pub(crate) async fn check_layer(
+    path: &Arc<Path>,
+    layer: usize,
+    bytes: LayerBytes,
+    expected: u64,
+) -> Result<LayerBytes> {
+    let (bytes, actual) = if bytes.len < BLOCKING_THRESHOLD {
+        let h = xxhash_rust::xxh3::xxh3_64(bytes.as_slice());
+        (bytes, h)
+    } else {
+        tokio::task::spawn_blocking(move || {
+            let h = xxhash_rust::xxh3::xxh3_64(bytes.as_slice());
+            (bytes, h)
+        })
+        .await
+        .map_err(|_| Error::Aborted {
+            path: Arc::clone(path),
+            layer,
+        })?
+    };
+    if actual == expected {
+        Ok(bytes)
+    } else {
+        Err(Error::ChecksumMismatch {
+            path: Arc::clone(path),
+            layer,
+            expected,
+            actual,
+        })
+    }
+}

@@ -1,0 +1,147 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+
+use futures::FutureExt;
+use hyperion::synth::SynthSpec;
+use hyperion::{Backend, MappedModel, MmapConfig, ReadGate};
+use tokio::sync::Semaphore;
+
+pub const KIB: u64 = 1024;
+
+/// A synthetic model on disk, with the spec to regenerate its bytes.
+pub struct TestModel {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub spec: SynthSpec,
+}
+
+impl TestModel {
+    pub fn new(layers: usize, layer_size: u64) -> TestModel {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let path = dir.path().join("model.tmai");
+        let spec = SynthSpec {
+            layers,
+            layer_size,
+            ..SynthSpec::default()
+        };
+        hyperion::synth::write(&path, &spec).unwrap();
+        TestModel { dir, path, spec }
+    }
+
+    pub async fn open(&self, config: MmapConfig) -> MappedModel {
+        MappedModel::open(&self.path, config).await.unwrap()
+    }
+
+    pub fn check(&self, layer: usize, bytes: &[u8]) {
+        assert!(
+            bytes == self.spec.layer_bytes(layer).as_slice(),
+            "layer {layer}: bytes differ from the file"
+        );
+    }
+}
+
+pub fn config(backend: Backend, budget: u64) -> MmapConfig {
+    MmapConfig {
+        max_cache_size: budget,
+        backend,
+        ..MmapConfig::default()
+    }
+}
+
+pub fn path_of(m: &TestModel) -> &Path {
+    &m.path
+}
+
+/// A read gate the test controls: every read waits for a permit, and the
+/// gate records how many reads were waiting or running at once.
+#[derive(Clone)]
+pub struct Gate {
+    pub permits: Arc<Semaphore>,
+    pub inside: Arc<AtomicUsize>,
+    pub peak: Arc<AtomicUsize>,
+    pub entered: Arc<AtomicUsize>,
+}
+
+impl Gate {
+    pub fn closed() -> Gate {
+        Gate {
+            permits: Arc::new(Semaphore::new(0)),
+            inside: Arc::default(),
+            peak: Arc::default(),
+            entered: Arc::default(),
+        }
+    }
+
+    pub fn install(&self, model: &MappedModel) {
+        let gate = self.clone();
+        let hook: ReadGate = Arc::new(move |_layer| {
+            let gate = gate.clone();
+            async move {
+                let now = gate.inside.fetch_add(1, SeqCst) + 1;
+                gate.peak.fetch_max(now, SeqCst);
+                gate.entered.fetch_add(1, SeqCst);
+                gate.permits.acquire().await.unwrap().forget();
+                gate.inside.fetch_sub(1, SeqCst);
+            }
+            .boxed()
+        });
+        model.set_read_gate(hook);
+    }
+
+    pub fn open(&self, reads: usize) {
+        self.permits.add_permits(reads);
+    }
+
+    /// Waits until `n` reads have reached the gate in total.
+    pub async fn wait_entered(&self, n: usize) {
+        for _ in 0..10_000 {
+            if self.entered.load(SeqCst) >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        panic!(
+            "only {} of {n} reads reached the gate",
+            self.entered.load(SeqCst)
+        );
+    }
+}
+
+/// Polls `cond` until it holds (up to ten seconds).
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// Generates `#[tokio::test]`s that run each named `async fn(Backend)` once
+/// per backend.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod io_uring {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(hyperion::Backend::IoUring).await
+                }
+            )*
+        }
+        mod mmap {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(hyperion::Backend::Mmap).await
+                }
+            )*
+        }
+    };
+}
