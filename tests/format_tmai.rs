@@ -1096,3 +1096,45 @@ fn spec_lists_every_dtype_code() {
         assert!(spec.contains(&row), "docs/format.md lacks the row {row:?}");
     }
 }
+
+#[test]
+fn spec_worked_example_matches_the_writer() {
+    let spec =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/format.md"))
+            .unwrap();
+    let example = spec
+        .split("## 13. Worked example")
+        .nth(1)
+        .expect("section 13");
+    let w: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let file = write_model(&[vec![(TensorDecl::new("w", DType::F32, vec![2, 2]), w)]]).bytes;
+    assert_eq!(file.len(), 8192);
+    let mut checked = 0;
+    for line in example.lines() {
+        let mut tokens = line.split_whitespace();
+        let Some(offset) = tokens.next().filter(|t| t.len() == 8) else {
+            continue;
+        };
+        let Ok(offset) = usize::from_str_radix(offset, 16) else {
+            continue;
+        };
+        let bytes: Vec<u8> = tokens
+            .take_while(|t| t.len() == 2 && t.chars().all(|c| c.is_ascii_hexdigit()))
+            .map(|t| u8::from_str_radix(t, 16).unwrap())
+            .collect();
+        assert_eq!(
+            &file[offset..offset + bytes.len()],
+            &bytes[..],
+            "line {line:?}"
+        );
+        checked += bytes.len();
+    }
+    assert_eq!(
+        checked,
+        128 + 1 + 16 + 1,
+        "every header byte, and the data, is shown"
+    );
+}
