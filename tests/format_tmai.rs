@@ -78,7 +78,6 @@ struct TensorRec {
     name_len: usize,
     dtype_at: usize,
     ndim_at: usize,
-    ndim: usize,
     offset_at: usize,
     len_at: usize,
     end: usize,
@@ -109,7 +108,6 @@ fn tensor_recs(file: &[u8]) -> Vec<TensorRec> {
                 name_len,
                 dtype_at,
                 ndim_at,
-                ndim,
                 offset_at,
                 len_at: offset_at + 8,
                 end: offset_at + 16,
@@ -123,7 +121,7 @@ fn tensor_recs(file: &[u8]) -> Vec<TensorRec> {
 /// Replaces `remove` header bytes at `at` with `insert`, moving `header_len`
 /// and taking or giving the difference from the padding before the data
 /// region, so the layers stay where they are; then reseals.
-fn splice_header(file: &mut Vec<u8>, at: usize, remove: usize, insert: &[u8]) {
+fn splice_header(file: &mut [u8], at: usize, remove: usize, insert: &[u8]) {
     let old_len = header_len(file);
     let new_len = old_len - remove + insert.len();
     assert!(
@@ -289,8 +287,12 @@ fn sample_reads_back() {
     assert_eq!(l0.checksum, Some(xxh3_64(&w.bytes[4096..4096 + 84])));
 }
 
-/// One generated tensor: dtype, shape, and its bytes' seed.
-fn tensor_strategy() -> impl Strategy<Value = (DType, Vec<u64>, u64)> {
+/// A generated tensor: dtype, shape, and the seed of its bytes.
+type TensorGen = (DType, Vec<u64>, u64);
+/// A generated layer: its tensors and maybe a precision.
+type LayerGen = (Vec<TensorGen>, Option<u32>);
+
+fn tensor_strategy() -> impl Strategy<Value = TensorGen> {
     (
         prop::sample::select(DType::ALL.to_vec()),
         prop::collection::vec(0u64..6, 0..=3),
@@ -298,7 +300,7 @@ fn tensor_strategy() -> impl Strategy<Value = (DType, Vec<u64>, u64)> {
     )
 }
 
-fn model_strategy() -> impl Strategy<Value = Vec<(Vec<(DType, Vec<u64>, u64)>, Option<u32>)>> {
+fn model_strategy() -> impl Strategy<Value = Vec<LayerGen>> {
     prop::collection::vec(
         (
             prop::collection::vec(tensor_strategy(), 0..4),
