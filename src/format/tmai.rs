@@ -235,7 +235,13 @@ pub(crate) fn read_index(file: &mut File, path: &Arc<Path>, file_len: u64) -> Re
     // header_len is now at most MAX_HEADER_LEN and at most the file's length.
     let hlen = to_usize(header_len, "header_len").map_err(|e| Error::format(path, e))?;
     let mut header = vec![0u8; hlen];
-    let (head, rest) = header.split_at_mut(fixed.len());
+    let Some((head, rest)) = header.split_at_mut_checked(fixed.len()) else {
+        // parse_prefix refused header_len < FIXED_HEADER_LEN.
+        return Err(Error::format(
+            path,
+            overflow("header_len below the fixed header"),
+        ));
+    };
     head.copy_from_slice(&fixed);
     let got = read_up_to(file, rest).map_err(|e| Error::io(path, "read header", e))?;
     if got < rest.len() {
@@ -713,9 +719,11 @@ impl LayerDecl {
 /// and layers and hashing each layer as it goes. [`finish`](Self::finish)
 /// writes the header, with every checksum, and pads the file to 4 KiB.
 ///
-/// A file whose writer is dropped before `finish` returns has no magic
-/// number, so no reader takes it for a model. After any error the writer is
-/// spent: every later call returns the same error.
+/// A file whose writer is dropped, or fails, before `finish` writes the
+/// header has no magic number, so no reader takes it for a model. After an
+/// I/O error the writer is spent: every later call returns that error. A
+/// `write` refused for going past the declared tensors writes nothing and
+/// leaves the writer usable.
 ///
 /// # Examples
 ///
