@@ -4,6 +4,10 @@
 //! ```sh
 //! cargo run --release --example stream -- MODEL.tmai [BUDGET_MIB] [auto|io-uring|mmap]
 //! ```
+//!
+//! Tuning knobs, for measuring the defaults: `CHUNK_MIB` (read_chunk_size),
+//! `DEPTH` (reads_in_flight), `PREFETCH` (prefetch_threads, also the
+//! lookahead), `DIRECT=0` (buffered reads).
 
 use std::time::Instant;
 
@@ -23,17 +27,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(other) => return Err(format!("unknown backend {other}").into()),
     };
     hyperion::pagecache::drop_cached_pages(path.as_ref())?;
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let defaults = MmapConfig::default();
     let config = MmapConfig {
         max_cache_size: budget,
         backend,
-        ..MmapConfig::default()
+        read_chunk_size: env("CHUNK_MIB").map_or(defaults.read_chunk_size, |m| m << 20),
+        reads_in_flight: env("DEPTH").map_or(defaults.reads_in_flight, |d| d as usize),
+        prefetch_threads: env("PREFETCH").map_or(defaults.prefetch_threads, |p| p as usize),
+        direct_io: env("DIRECT") != Some(0),
+        ..defaults
     };
+    let lookahead = config.prefetch_threads;
     let model = MappedModel::open(&path, config).await?;
     let start = Instant::now();
     let mut bytes = 0u64;
     for i in 0..model.layer_count() {
-        // Keep the prefetcher two layers ahead.
-        for ahead in i + 1..(i + 3).min(model.layer_count()) {
+        // Keep the prefetcher `prefetch_threads` layers ahead.
+        for ahead in i + 1..(i + 1 + lookahead).min(model.layer_count()) {
             model.prefetch(ahead);
         }
         bytes += model.layer(i).await?.len() as u64;

@@ -1,0 +1,163 @@
+//! The `hyperion` command line: synth, inspect, and clean failures.
+
+use std::process::Command;
+
+fn hyperion() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hyperion"))
+}
+
+#[test]
+fn synth_then_inspect_json_describes_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.tmai");
+    let out = hyperion()
+        .args([
+            "synth",
+            "--layers",
+            "3",
+            "--layer-size",
+            "8192",
+            "--precision",
+            "16",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = hyperion()
+        .args(["inspect", "--json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["format"], "tmai");
+    assert_eq!(v["layer_count"], 3);
+    assert_eq!(v["total_bytes"], 3 * 8192);
+    let layer = &v["layers"][2];
+    assert_eq!(layer["size"], 8192);
+    assert_eq!(layer["precision"], 16);
+    assert_eq!(layer["offset"].as_u64().unwrap() % 4096, 0);
+    assert_eq!(layer["tensors"][0]["name"], "layers.2.weight");
+    assert_eq!(layer["tensors"][0]["dtype"], "F16");
+    assert_eq!(layer["tensors"][0]["shape"], serde_json::json!([16, 256]));
+
+    // The same model regenerated from the same seed is byte-identical.
+    let again = dir.path().join("again.tmai");
+    let status = hyperion()
+        .args([
+            "synth",
+            "--layers",
+            "3",
+            "--layer-size",
+            "8192",
+            "--precision",
+            "16",
+        ])
+        .arg(&again)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        std::fs::read(&again).unwrap()
+    );
+
+    let out = hyperion().arg("inspect").arg(&path).output().unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table.contains("3 layers") && table.contains("layers.1.weight F16 [16, 256]"),
+        "{table}"
+    );
+}
+
+#[test]
+fn a_bad_file_is_one_line_on_stderr_and_exit_status_1() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in [
+        ("junk.tmai", &b"not a model at all"[..]),
+        ("empty.tmai", &b""[..]),
+        ("truncated.tmai", &b"TMAI\x00\r\n\x1a\x01\x00"[..]),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let out = hyperion().arg("inspect").arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{name}: {err}");
+        assert!(
+            err.starts_with("hyperion: ") && err.contains(name),
+            "{name}: {err}"
+        );
+    }
+    let out = hyperion()
+        .args(["inspect", "/nonexistent/model.tmai"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn synth_rejects_impossible_specs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = hyperion()
+        .args([
+            "synth",
+            "--layers",
+            "2",
+            "--layer-size",
+            "10",
+            "--precision",
+            "32",
+        ])
+        .arg(dir.path().join("x.tmai"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("layer size 10"));
+}
+
+#[test]
+fn the_demo_runs_verifies_and_stays_within_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = hyperion()
+        .args([
+            "demo",
+            "--layers",
+            "12",
+            "--layer-size",
+            "1048576",
+            "--budget",
+            "4194304",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("summary:"))
+        .expect("a summary line");
+    assert!(
+        summary.contains("layers=12") && summary.contains("verified=ok"),
+        "{summary}"
+    );
+    let peak: u64 = summary
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("peak_memory="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(peak <= 4 << 20, "{summary}");
+}
