@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+pub use crate::ggml::GgmlType;
+
 /// The element type of a tensor.
 ///
 /// The numeric code of each type is its `.tmai` encoding (see `docs/format.md`).
@@ -40,11 +42,27 @@ pub enum DType {
     F8E4M3,
     /// 8-bit float, E5M2.
     F8E5M2,
+    /// 4-bit float (E2M1), two per byte.
+    F4,
+    /// 6-bit float, E2M3, packed.
+    F6E2M3,
+    /// 6-bit float, E3M2, packed.
+    F6E3M2,
+    /// 8-bit exponent-only scale, E8M0.
+    F8E8M0,
+    /// 8-bit float, E4M3, finite, no negative zero.
+    F8E4M3Fnuz,
+    /// 8-bit float, E5M2, finite, no negative zero.
+    F8E5M2Fnuz,
+    /// Complex of two `f32`.
+    C64,
+    /// A GGML type, block-quantized ones included, carried as raw blocks.
+    Ggml(GgmlType),
 }
 
 impl DType {
-    /// Every plain dtype, in code order.
-    pub const ALL: [DType; 15] = [
+    /// Every plain (non-GGML) dtype, in code order.
+    pub const ALL: [DType; 22] = [
         DType::U8,
         DType::I8,
         DType::U16,
@@ -60,7 +78,17 @@ impl DType {
         DType::Bool,
         DType::F8E4M3,
         DType::F8E5M2,
+        DType::F4,
+        DType::F6E2M3,
+        DType::F6E3M2,
+        DType::F8E8M0,
+        DType::F8E4M3Fnuz,
+        DType::F8E5M2Fnuz,
+        DType::C64,
     ];
+
+    /// Codes from here up are GGML types: `GGML_BASE + ggml type id`.
+    pub const GGML_BASE: u32 = 64;
 
     /// The `.tmai` code of this dtype.
     pub fn code(self) -> u32 {
@@ -80,27 +108,55 @@ impl DType {
             DType::Bool => 12,
             DType::F8E4M3 => 13,
             DType::F8E5M2 => 14,
+            DType::F4 => 15,
+            DType::F6E2M3 => 16,
+            DType::F6E3M2 => 17,
+            DType::F8E8M0 => 18,
+            DType::F8E4M3Fnuz => 19,
+            DType::F8E5M2Fnuz => 20,
+            DType::C64 => 21,
+            DType::Ggml(t) => DType::GGML_BASE + t.id(),
         }
     }
 
     /// The dtype with `.tmai` code `code`, if any.
     pub fn from_code(code: u32) -> Option<DType> {
+        if code >= DType::GGML_BASE {
+            return GgmlType::from_id(code - DType::GGML_BASE).map(DType::Ggml);
+        }
         DType::ALL.into_iter().find(|d| d.code() == code)
     }
 
-    /// Bits per element.
+    /// Bits per element; for block-quantized GGML types, the bits per weight
+    /// rounded down (`Q4_K`, 4.5 bits, is 4).
     pub fn bits(self) -> u32 {
         match self {
-            DType::U8 | DType::I8 | DType::Bool | DType::F8E4M3 | DType::F8E5M2 => 8,
+            DType::F4 => 4,
+            DType::F6E2M3 | DType::F6E3M2 => 6,
+            DType::U8
+            | DType::I8
+            | DType::Bool
+            | DType::F8E4M3
+            | DType::F8E5M2
+            | DType::F8E8M0
+            | DType::F8E4M3Fnuz
+            | DType::F8E5M2Fnuz => 8,
             DType::U16 | DType::I16 | DType::F16 | DType::BF16 => 16,
             DType::U32 | DType::I32 | DType::F32 => 32,
-            DType::U64 | DType::I64 | DType::F64 => 64,
+            DType::U64 | DType::I64 | DType::F64 | DType::C64 => 64,
+            DType::Ggml(t) => (t.type_size() * 8 / t.block_size()) as u32,
         }
     }
 
-    /// Bytes per element.
-    pub fn size(self) -> u64 {
-        u64::from(self.bits() / 8)
+    /// Bytes per element, for dtypes whose elements are whole bytes (not
+    /// packed sub-byte floats, not block-quantized GGML types).
+    pub fn element_size(self) -> Option<u64> {
+        match self {
+            DType::Ggml(t) if t.block_size() == 1 => Some(t.type_size()),
+            DType::Ggml(_) => None,
+            d if d.bits() % 8 == 0 => Some(u64::from(d.bits() / 8)),
+            _ => None,
+        }
     }
 
     /// The short name used by safetensors (`F32`, `BF16` …).
@@ -121,21 +177,44 @@ impl DType {
             DType::Bool => "BOOL",
             DType::F8E4M3 => "F8_E4M3",
             DType::F8E5M2 => "F8_E5M2",
+            DType::F4 => "F4",
+            DType::F6E2M3 => "F6_E2M3",
+            DType::F6E3M2 => "F6_E3M2",
+            DType::F8E8M0 => "F8_E8M0",
+            DType::F8E4M3Fnuz => "F8_E4M3FNUZ",
+            DType::F8E5M2Fnuz => "F8_E5M2FNUZ",
+            DType::C64 => "C64",
+            DType::Ggml(t) => t.name(),
         }
     }
 
-    /// Bytes taken by a tensor of this dtype and `shape`, or `None` on overflow.
+    /// Bytes taken by a tensor of this dtype and `shape` (outermost dimension
+    /// first), or `None` if it overflows or is not a whole number of bytes or
+    /// blocks (packed types must fill whole bytes; GGML block types need the
+    /// innermost dimension to be a multiple of the block size).
     ///
     /// ```
-    /// use hyperion::DType;
+    /// use hyperion::{DType, GgmlType};
     /// assert_eq!(DType::F16.byte_len(&[2, 3]), Some(12));
+    /// assert_eq!(DType::F4.byte_len(&[3]), None);
+    /// assert_eq!(DType::Ggml(GgmlType::Q4_0).byte_len(&[2, 64]), Some(2 * 2 * 18));
     /// assert_eq!(DType::F32.byte_len(&[u64::MAX, 2]), None);
     /// ```
     pub fn byte_len(self, shape: &[u64]) -> Option<u64> {
-        shape
-            .iter()
-            .try_fold(1u64, |n, &d| n.checked_mul(d))?
-            .checked_mul(self.size())
+        let elements = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d))?;
+        if let DType::Ggml(t) = self {
+            let inner = shape.last().copied().unwrap_or(1);
+            if inner % t.block_size() != 0 {
+                return None;
+            }
+            return (elements / t.block_size()).checked_mul(t.type_size());
+        }
+        let bits = u64::from(self.bits());
+        if bits % 8 == 0 {
+            return elements.checked_mul(bits / 8);
+        }
+        let total = elements.checked_mul(bits)?;
+        (total % 8 == 0).then_some(total / 8)
     }
 }
 
@@ -155,7 +234,14 @@ mod tests {
             assert_eq!(d.code() as usize, i);
             assert_eq!(DType::from_code(d.code()), Some(d));
         }
-        assert_eq!(DType::from_code(15), None);
+        assert_eq!(DType::from_code(22), None);
+        assert_eq!(DType::from_code(63), None);
         assert_eq!(DType::from_code(u32::MAX), None);
+        for t in GgmlType::all() {
+            assert_eq!(
+                DType::from_code(DType::Ggml(t).code()),
+                Some(DType::Ggml(t))
+            );
+        }
     }
 }

@@ -15,6 +15,10 @@ use crate::dtype::DType;
 pub enum FileFormat {
     /// Hyperion's own layer-contiguous format (`docs/format.md`).
     Tmai,
+    /// safetensors, one file or sharded (`docs/formats.md`).
+    Safetensors,
+    /// GGUF v2/v3 (`docs/formats.md`).
+    Gguf,
 }
 
 impl FileFormat {
@@ -22,6 +26,8 @@ impl FileFormat {
     pub fn name(self) -> &'static str {
         match self {
             FileFormat::Tmai => "tmai",
+            FileFormat::Safetensors => "safetensors",
+            FileFormat::Gguf => "gguf",
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod dtype;
 pub mod error;
 pub mod format;
+mod ggml;
 pub mod index;
 mod io;
 mod model;
@@ -19,7 +20,7 @@ mod verify;
 mod weights;
 
 pub use config::{Backend, MmapConfig};
-pub use dtype::DType;
+pub use dtype::{DType, GgmlType};
 pub use error::{Error, FormatError, Result};
 pub use index::{FileFormat, FileRange, LayerSpec, ModelIndex, TensorSpec};
 pub use model::{LayerDescriptor, MappedModel, ReadGate, DEFAULT_PRIORITY};

@@ -57,14 +57,14 @@ impl SynthSpec {
     /// The tensors of layer `layer`.
     pub fn layer_decl(&self, layer: usize) -> Result<LayerDecl> {
         let dtype = self.dtype()?;
-        if self.layer_size == 0 || self.layer_size % dtype.size() != 0 {
+        let size = u64::from(dtype.bits() / 8);
+        if self.layer_size == 0 || self.layer_size % size != 0 {
             return Err(Error::InvalidArgument(format!(
                 "layer size {} is not a positive multiple of the {}-byte element size",
-                self.layer_size,
-                dtype.size()
+                self.layer_size, size
             )));
         }
-        let elements = self.layer_size / dtype.size();
+        let elements = self.layer_size / size;
         let rows = elements / ROW;
         let tail = elements % ROW;
         let mut tensors = Vec::new();

@@ -227,7 +227,7 @@ impl<'a> TensorView<'a> {
     /// aligned for it (they are for `.tmai` files, whose writer aligns tensors
     /// to 64 bytes). Only meaningful on little-endian hosts.
     pub fn as_slice<T: bytemuck::Pod>(&self) -> Option<&'a [T]> {
-        if std::mem::size_of::<T>() as u64 != self.spec.dtype.size() {
+        if Some(std::mem::size_of::<T>() as u64) != self.spec.dtype.element_size() {
             return None;
         }
         bytemuck::try_cast_slice(self.bytes).ok()

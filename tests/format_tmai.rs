@@ -11,6 +11,7 @@ use hyperion::format::tmai::{
     parse_header, write_tmai, LayerDecl, TensorDecl, TmaiWriter, FIXED_HEADER_LEN, LAYER_ALIGN,
     LAYER_RECORD_LEN, MAGIC, MAX_DIMS, MAX_HEADER_LEN, TENSOR_ALIGN,
 };
+use hyperion::GgmlType;
 use hyperion::{DType, Error, FormatError, ModelIndex};
 use proptest::prelude::*;
 use tempfile::TempDir;
@@ -293,11 +294,26 @@ type TensorGen = (DType, Vec<u64>, u64);
 type LayerGen = (Vec<TensorGen>, Option<u32>);
 
 fn tensor_strategy() -> impl Strategy<Value = TensorGen> {
+    let ggml = [GgmlType::Q4_0, GgmlType::Q6_K, GgmlType::F16].map(DType::Ggml);
+    let dtypes: Vec<DType> = DType::ALL.into_iter().chain(ggml).collect();
     (
-        prop::sample::select(DType::ALL.to_vec()),
+        prop::sample::select(dtypes),
         prop::collection::vec(0u64..6, 0..=3),
         any::<u64>(),
     )
+        .prop_map(|(dtype, mut shape, seed)| {
+            // Packed and block types need whole bytes and whole blocks.
+            if let DType::Ggml(t) = dtype {
+                match shape.last_mut() {
+                    Some(inner) => *inner *= t.block_size(),
+                    None => shape.push(t.block_size()),
+                }
+            }
+            if dtype.byte_len(&shape).is_none() {
+                shape.push(8);
+            }
+            (dtype, shape, seed)
+        })
 }
 
 fn model_strategy() -> impl Strategy<Value = Vec<LayerGen>> {
@@ -838,8 +854,9 @@ fn rejects_ndim_over_limit() {
 
 #[test]
 fn rejects_unknown_dtype() {
-    // 15 is the first unassigned plain code; 64.. are reserved for GGML block types.
-    for code in [15, 63, 64, 100, u32::MAX] {
+    // 22 is the first unassigned plain code; 64 + 4 and 64 + 36 are GGML ids
+    // that ggml has retired.
+    for code in [22, 63, 68, 100, u32::MAX] {
         let e = patched(|f| {
             let c = rec(f, 2);
             put_u32(f, c.dtype_at, code);

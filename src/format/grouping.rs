@@ -1,0 +1,251 @@
+//! Grouping the tensors of a tensor-per-name file (safetensors, GGUF) into
+//! layers, by the block index in their names.
+//!
+//! A tensor belongs to block `N` when its name contains a segment
+//! `<container>.N.` whose container is one of [`BLOCK_CONTAINERS`]
+//! (`model.layers.3.mlp.up_proj.weight`, `blk.3.attn_q.weight`,
+//! `transformer.h.3.attn.c_attn.weight`, `encoder.layer.3.output.dense.bias`
+//! …). The layer key is everything up to and including the number, so
+//! `encoder.layer.3` and `decoder.layers.3` are different layers.
+//!
+//! Layers are ordered by where their first tensor lies in the files (file,
+//! then offset), so a file's natural order is kept. Every tensor outside a
+//! block (embeddings, final norm, head) is a layer of its own, in that same
+//! order. Every tensor is in exactly one layer.
+//!
+//! A layer's bytes are its tensors' bytes in file order. Tensors of one layer
+//! that lie close together in one file are read as one range including the
+//! gap between them (at most [`MAX_GAP`] bytes; alignment padding, usually),
+//! so most layers are a single read.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::dtype::DType;
+use crate::index::{FileRange, LayerSpec, TensorSpec};
+
+/// Names of the containers whose numbered children are blocks.
+pub const BLOCK_CONTAINERS: &[&str] = &["layers", "layer", "blk", "h", "blocks", "block"];
+
+/// The largest gap between two tensors of one layer that is read through
+/// rather than split into two ranges.
+pub const MAX_GAP: u64 = 64 << 10;
+
+/// A tensor as a format reader found it: where its bytes are in which file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FileTensor {
+    pub(crate) name: String,
+    pub(crate) dtype: DType,
+    pub(crate) shape: Vec<u64>,
+    pub(crate) file: usize,
+    /// Absolute offset in the file.
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+}
+
+/// The layer key of a tensor name: the prefix through the block number, if
+/// the name is inside a block.
+pub fn block_key(name: &str) -> Option<&str> {
+    let mut pos = 0;
+    let parts: Vec<&str> = name.split('.').collect();
+    for w in 0..parts.len().saturating_sub(2) {
+        pos += parts[w].len() + 1;
+        let number = parts[w + 1];
+        if BLOCK_CONTAINERS.contains(&parts[w])
+            && !number.is_empty()
+            && number.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Some(&name[..pos + number.len()]);
+        }
+    }
+    None
+}
+
+/// Groups `tensors` into layers. The caller has validated every tensor's
+/// range (inside its file, no overlaps, `dtype × shape = len`).
+pub(crate) fn group(mut tensors: Vec<FileTensor>) -> Vec<LayerSpec> {
+    tensors.sort_by_key(|t| (t.file, t.offset, t.len));
+    let mut order: Vec<Vec<FileTensor>> = Vec::new();
+    let mut by_key: HashMap<String, usize> = HashMap::new();
+    for t in tensors {
+        match block_key(&t.name) {
+            Some(key) => match by_key.get(key) {
+                Some(&i) => order[i].push(t),
+                None => {
+                    by_key.insert(key.to_string(), order.len());
+                    order.push(vec![t]);
+                }
+            },
+            None => order.push(vec![t]),
+        }
+    }
+    order
+        .into_iter()
+        .map(|members| {
+            let name = members
+                .first()
+                .map(|t| block_key(&t.name).unwrap_or(&t.name).to_string())
+                .unwrap_or_default();
+            layer_of(name, members)
+        })
+        .collect()
+}
+
+fn layer_of(name: String, members: Vec<FileTensor>) -> LayerSpec {
+    let mut ranges: Vec<FileRange> = Vec::new();
+    let mut tensors = Vec::with_capacity(members.len());
+    let mut size = 0u64;
+    let mut bytes_by_dtype: HashMap<DType, u64> = HashMap::new();
+    for t in &members {
+        *bytes_by_dtype.entry(t.dtype).or_default() += t.len;
+        let extend = ranges
+            .last()
+            .filter(|r| r.file == t.file && t.offset >= r.end() && t.offset - r.end() <= MAX_GAP)
+            .is_some();
+        if extend {
+            let r = ranges.last_mut().expect("checked above");
+            let grow = t.offset + t.len - r.end();
+            r.len += grow;
+            size += grow;
+        } else {
+            ranges.push(FileRange {
+                file: t.file,
+                offset: t.offset,
+                len: t.len,
+            });
+            size += t.len;
+        }
+        tensors.push(TensorSpec::new(
+            t.name.clone(),
+            t.dtype,
+            t.shape.clone(),
+            size - t.len,
+            t.len,
+        ));
+    }
+    let precision = bytes_by_dtype
+        .iter()
+        .max_by_key(|(d, bytes)| (**bytes, std::cmp::Reverse(d.code())))
+        .map_or(8, |(d, _)| d.bits());
+    LayerSpec {
+        name,
+        ranges,
+        size,
+        precision,
+        checksum: None,
+        tensors: Arc::from(tensors),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_keys_of_common_names() {
+        let cases = [
+            (
+                "model.layers.12.mlp.up_proj.weight",
+                Some("model.layers.12"),
+            ),
+            ("layers.0.attention.wq.weight", Some("layers.0")),
+            ("blk.7.attn_q.weight", Some("blk.7")),
+            ("h.3.attn.c_attn.weight", Some("h.3")),
+            ("transformer.h.11.mlp.c_fc.bias", Some("transformer.h.11")),
+            ("encoder.layer.5.output.dense.bias", Some("encoder.layer.5")),
+            (
+                "model.decoder.layers.2.fc1.weight",
+                Some("model.decoder.layers.2"),
+            ),
+            ("model.embed_tokens.weight", None),
+            ("lm_head.weight", None),
+            ("token_embd.weight", None),
+            ("layers.x.weight", None),
+            ("layers.3", None),
+        ];
+        for (name, key) in cases {
+            assert_eq!(block_key(name), key, "{name}");
+        }
+    }
+
+    fn t(name: &str, offset: u64, len: u64) -> FileTensor {
+        FileTensor {
+            name: name.into(),
+            dtype: DType::U8,
+            shape: vec![len],
+            file: 0,
+            offset,
+            len,
+        }
+    }
+
+    #[test]
+    fn tensors_group_by_block_in_file_order() {
+        let layers = group(vec![
+            t("model.norm.weight", 300, 10),
+            t("model.layers.1.b", 200, 50),
+            t("model.layers.0.a", 0, 40),
+            t("model.layers.1.a", 150, 50),
+            t("model.layers.0.b", 64, 36),
+            t("model.embed.weight", 100, 50),
+        ]);
+        let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "model.layers.0",
+                "model.embed.weight",
+                "model.layers.1",
+                "model.norm.weight"
+            ]
+        );
+        // Layer 0: two tensors with a 24-byte gap, read as one range.
+        let l0 = &layers[0];
+        assert_eq!(
+            l0.ranges,
+            [FileRange {
+                file: 0,
+                offset: 0,
+                len: 100
+            }]
+        );
+        assert_eq!(l0.size, 100);
+        assert_eq!((l0.tensors[1].offset, l0.tensors[1].len), (64, 36));
+        let l1 = &layers[2];
+        assert_eq!(
+            l1.ranges,
+            [FileRange {
+                file: 0,
+                offset: 150,
+                len: 100
+            }]
+        );
+        assert_eq!(
+            l1.tensors
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>(),
+            ["model.layers.1.a", "model.layers.1.b"]
+        );
+        let total: usize = layers.iter().map(|l| l.tensors.len()).sum();
+        assert_eq!(total, 6);
+    }
+
+    #[test]
+    fn far_apart_or_cross_file_tensors_become_separate_ranges() {
+        let mut far = t("blk.0.b", 1 << 20, 8);
+        let mut other_file = t("blk.0.c", 0, 8);
+        other_file.file = 1;
+        far.dtype = DType::F32;
+        far.shape = vec![2];
+        let layers = group(vec![t("blk.0.a", 0, 8), far, other_file]);
+        assert_eq!(layers.len(), 1);
+        let l = &layers[0];
+        assert_eq!(l.ranges.len(), 3);
+        assert_eq!(l.size, 24);
+        assert_eq!(
+            l.tensors.iter().map(|t| t.offset).collect::<Vec<_>>(),
+            [0, 8, 16]
+        );
+    }
+}
