@@ -7,7 +7,7 @@
 //! read's buffer is finally dropped. The budget therefore bounds every live
 //! layer buffer at every instant: cached, held by callers, or being read.
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,10 +24,6 @@ pub(crate) struct Budget {
     /// Woken whenever memory may have become available: a charge dropped, or a
     /// read finished (its buffer may now be evictable).
     pub(crate) changed: Notify,
-    /// Reservations whose layer is not yet in the cache (being read). While
-    /// there are any, memory may still become evictable, so a fetch short of
-    /// memory waits rather than failing.
-    pending: AtomicUsize,
     /// Fetches waiting for memory; when non-zero, dropping a handle wakes them
     /// (the layer it held may now be evictable).
     waiters: AtomicUsize,
@@ -45,7 +41,6 @@ impl Budget {
             max,
             state: Mutex::new(State::default()),
             changed: Notify::new(),
-            pending: AtomicUsize::new(0),
             waiters: AtomicUsize::new(0),
         })
     }
@@ -76,17 +71,6 @@ impl Budget {
         })
     }
 
-    /// Reservations not yet published to the cache.
-    pub(crate) fn pending(&self) -> usize {
-        self.pending.load(Relaxed)
-    }
-
-    /// Marks a reservation as pending until the returned guard drops.
-    pub(crate) fn begin_pending(self: &Arc<Self>) -> Pending {
-        self.pending.fetch_add(1, Relaxed);
-        Pending(Arc::clone(self))
-    }
-
     /// Counts the caller as waiting for memory until the guard drops.
     pub(crate) fn begin_wait(&self) -> Waiting<'_> {
         self.waiters.fetch_add(1, SeqCst);
@@ -101,9 +85,10 @@ impl Budget {
     /// Called after a handle to a layer buffer was dropped while fetches wait
     /// for memory: wakes them, since the buffer may now be evictable.
     ///
-    /// A handle dropped in the instant between a waiter registering and
-    /// looking for a victim can be missed; waiters therefore also look again
-    /// every [`RECHECK`] while they wait.
+    /// The dropper checks [`has_waiters`](Self::has_waiters) *before* its
+    /// handle count falls (checking after would cost every drop an `Arc`
+    /// clone of the budget), so a waiter that registers in that instant can
+    /// miss the wake-up; waiters therefore also look again every [`RECHECK`].
     pub(crate) fn handle_dropped(&self) {
         self.changed.notify_waiters();
     }
@@ -138,17 +123,6 @@ pub(crate) struct Waiting<'a>(&'a Budget);
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.waiters.fetch_sub(1, SeqCst);
-    }
-}
-
-/// A reservation on its way into the cache; see [`Budget::pending`].
-#[derive(Debug)]
-pub(crate) struct Pending(Arc<Budget>);
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Relaxed);
-        self.0.changed.notify_waiters();
     }
 }
 

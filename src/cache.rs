@@ -24,8 +24,25 @@ use crate::weights::LayerWeights;
 pub(crate) type LoadFuture = Shared<BoxFuture<'static, Result<LayerWeights>>>;
 
 pub(crate) enum Slot {
-    Loading { id: u64, done: LoadFuture },
+    Loading {
+        id: u64,
+        done: LoadFuture,
+        /// Set when a fetch joins the read, so a prefetch that a fetch is
+        /// already waiting for is published as used.
+        demanded: AtomicBool,
+    },
     Ready(Entry),
+}
+
+/// What [`Cache::publish`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Published {
+    /// The layer is cached; no fetch waited for it.
+    Cached,
+    /// The layer is cached, and a fetch joined the read while it ran.
+    Demanded,
+    /// The slot was released meanwhile: the read is detached, not cached.
+    Detached,
 }
 
 pub(crate) struct Entry {
@@ -82,18 +99,26 @@ impl Cache {
     }
 
     /// Finds `layer`, or marks it `Loading` with the future `make` builds.
+    /// The flag says whether this was the first fetch of a prefetched layer.
     pub(crate) fn lookup_or_start(
         &self,
         layer: usize,
+        origin: Origin,
         make: impl FnOnce() -> BoxFuture<'static, Result<LayerWeights>>,
     ) -> (Lookup, bool) {
+        let demand = origin == Origin::Demand;
         match self.slots.entry(layer) {
             MapEntry::Occupied(o) => match o.get() {
                 Slot::Ready(e) => (
                     Lookup::Hit(e.weights.clone()),
-                    take_flag(&e.prefetched_unused),
+                    demand && take_flag(&e.prefetched_unused),
                 ),
-                Slot::Loading { done, .. } => (Lookup::Wait(done.clone()), false),
+                Slot::Loading { done, demanded, .. } => {
+                    if demand {
+                        demanded.store(true, Relaxed);
+                    }
+                    (Lookup::Wait(done.clone()), false)
+                }
             },
             MapEntry::Vacant(v) => {
                 let id = self.next_id.fetch_add(1, Relaxed);
@@ -101,38 +126,45 @@ impl Cache {
                 v.insert(Slot::Loading {
                     id,
                     done: done.clone(),
+                    demanded: AtomicBool::new(false),
                 });
                 (Lookup::Started { id, done }, false)
             }
         }
     }
 
-    /// Turns the `Loading` slot `id` into a `Ready` entry. Returns false if the
-    /// slot was released meanwhile (the read is detached: its waiters still get
-    /// the weights, but the cache does not keep them).
+    /// Turns the `Loading` slot `id` into a `Ready` entry. A prefetched layer
+    /// stays marked unused unless a fetch joined its read.
     pub(crate) fn publish(
         &self,
         layer: usize,
         id: u64,
         weights: LayerWeights,
         prefetched: bool,
-    ) -> bool {
+    ) -> Published {
         let Some(mut slot) = self.slots.get_mut(&layer) else {
-            return false;
+            return Published::Detached;
         };
-        if !matches!(&*slot, Slot::Loading { id: cur, .. } if *cur == id) {
-            return false;
-        }
+        let demanded = match &*slot {
+            Slot::Loading {
+                id: cur, demanded, ..
+            } if *cur == id => demanded.load(Relaxed),
+            _ => return Published::Detached,
+        };
         let old = std::mem::replace(
             &mut *slot,
             Slot::Ready(Entry {
                 weights,
-                prefetched_unused: AtomicBool::new(prefetched),
+                prefetched_unused: AtomicBool::new(prefetched && !demanded),
             }),
         );
         drop(slot);
         drop(old);
-        true
+        if demanded {
+            Published::Demanded
+        } else {
+            Published::Cached
+        }
     }
 
     /// Removes the `Loading` slot `id` after its read failed or was dropped.

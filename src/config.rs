@@ -102,12 +102,16 @@ pub struct MmapConfig {
     /// Default: true — a loader must never return wrong bytes. The check is
     /// xxh3 over bytes just read, far faster than the disk.
     pub verify_checksums: bool,
-    /// How long a fetch waits for callers to drop handles when every byte of
-    /// the budget is held. Zero: fail at once with [`Error::BudgetExhausted`].
+    /// How long a fetch that finds no memory waits for some to be freed
+    /// (handles dropped, reads in flight finishing and becoming evictable)
+    /// before it fails with [`Error::BudgetExhausted`]. `Duration::ZERO` fails
+    /// at once; `Duration::MAX` waits as long as it takes.
     ///
-    /// Default: zero. A task that holds handles and asks for more than fits
-    /// would otherwise wait forever; set a timeout to get backpressure between
-    /// many tasks instead (see `docs/architecture.md`).
+    /// Default: 1 s. Long enough to ride out other tasks' brief holds (a
+    /// layer being handed to its reader, a compute step), so concurrent tasks
+    /// get backpressure instead of spurious errors; short enough that a task
+    /// that holds the whole budget and asks for more gets its error promptly
+    /// instead of hanging (see `docs/architecture.md`).
     pub memory_wait_timeout: Duration,
 }
 
@@ -124,10 +128,13 @@ impl Default for MmapConfig {
             read_chunk_size: 4 << 20,
             reads_in_flight: 2,
             verify_checksums: true,
-            memory_wait_timeout: Duration::ZERO,
+            memory_wait_timeout: Duration::from_secs(1),
         }
     }
 }
+
+/// The most prefetch reads, or chunk reads per layer, that may be in flight.
+pub const MAX_PARALLEL: usize = 1024;
 
 impl MmapConfig {
     /// Checks the values and returns the allocation granule.
@@ -140,8 +147,17 @@ impl MmapConfig {
                 "prefetch_threads must be > 0 when prefetch_enabled is true".into(),
             ));
         }
-        if self.reads_in_flight == 0 {
-            return Err(Error::InvalidArgument("reads_in_flight must be > 0".into()));
+        if self.prefetch_threads > MAX_PARALLEL {
+            return Err(Error::InvalidArgument(format!(
+                "prefetch_threads is {}, above the limit of {MAX_PARALLEL}",
+                self.prefetch_threads
+            )));
+        }
+        if self.reads_in_flight == 0 || self.reads_in_flight > MAX_PARALLEL {
+            return Err(Error::InvalidArgument(format!(
+                "reads_in_flight must be between 1 and {MAX_PARALLEL}, not {}",
+                self.reads_in_flight
+            )));
         }
         if self.read_chunk_size == 0 || self.read_chunk_size > 1 << 30 {
             return Err(Error::InvalidArgument(

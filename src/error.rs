@@ -70,8 +70,8 @@ pub enum Error {
     /// handles, so there was nothing to evict for this layer.
     #[error(
         "{}: no memory for layer {layer}: it needs {needed} bytes, and {held} of the {budget}-byte budget \
-         are held by live LayerWeights handles (drop some handles, raise max_cache_size, \
-         or set memory_wait_timeout to wait for them)",
+         were still held by LayerWeights handles or reads in flight when memory_wait_timeout ran out \
+         (drop handles sooner, raise max_cache_size, or wait longer)",
         path.display()
     )]
     BudgetExhausted {

@@ -13,8 +13,8 @@ use parking_lot::RwLock;
 use tokio::sync::{oneshot, Semaphore};
 use tracing::Instrument;
 
-use crate::budget::{Budget, Charge, Pending, RECHECK};
-use crate::cache::{Cache, Lookup, Origin, Slot};
+use crate::budget::{Budget, Charge, RECHECK};
+use crate::cache::{Cache, Lookup, Origin, Published, Slot};
 use crate::config::{Backend, MmapConfig};
 use crate::error::{Error, Result};
 use crate::index::ModelIndex;
@@ -149,7 +149,9 @@ impl MappedModel {
     /// Opens the model file at `path`. Reads only its metadata; layers are
     /// read when fetched or prefetched.
     ///
-    /// Must be called within a tokio runtime; reads are spawned onto it.
+    /// Must be called within a tokio runtime with timers enabled (any flavor).
+    /// Reads are spawned onto the runtime of the task that fetches, or, when a
+    /// fetch is polled outside any runtime, onto the one the model was opened on.
     ///
     /// # Errors
     /// [`Error::Io`] if the file cannot be read, [`Error::Format`] if it is
@@ -166,6 +168,14 @@ impl MappedModel {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::InvalidArgument("MappedModel::open must be called within a tokio runtime".into())
         })?;
+        // Waiting for memory uses tokio's timers; a runtime built without them
+        // would panic there, so refuse it here, where it is clear why.
+        if std::panic::catch_unwind(|| drop(tokio::time::sleep(std::time::Duration::ZERO))).is_err()
+        {
+            return Err(Error::InvalidArgument(
+                "MappedModel::open needs a tokio runtime with timers enabled (Builder::enable_time)".into(),
+            ));
+        }
         let span = tracing::info_span!("open", path = %path.display(), layers = tracing::field::Empty, backend = tracing::field::Empty);
         async move {
             let shared_path: Arc<Path> = Arc::from(path.as_path());
@@ -454,11 +464,11 @@ impl Shared {
         self: &Arc<Self>,
         layer: usize,
         origin: Origin,
-        reserved: Option<(Charge, Pending)>,
+        reserved: Option<Charge>,
     ) -> (Lookup, bool) {
         let (tx, rx) = oneshot::channel::<Result<LayerWeights>>();
         let path = Arc::clone(&self.path);
-        let (lookup, first_use) = self.cache.lookup_or_start(layer, move || {
+        let (lookup, first_use) = self.cache.lookup_or_start(layer, origin, move || {
             rx.map(move |r| r.unwrap_or_else(|_| Err(Error::Aborted { path, layer })))
                 .boxed()
         });
@@ -468,9 +478,8 @@ impl Shared {
                 layer,
                 id: *id,
                 armed: true,
-                pending: None,
             };
-            self.runtime.spawn(load.run(origin, reserved, tx));
+            self.spawn(load.run(origin, reserved, tx));
         }
         (lookup, first_use)
     }
@@ -487,7 +496,7 @@ impl Shared {
         }
         let shared = Arc::clone(self);
         let span = tracing::debug_span!("prefetch", layer);
-        self.runtime.spawn(
+        self.spawn(
             async move {
                 let Ok(_permit) = Arc::clone(&shared.prefetch_slots).acquire_owned().await else {
                     return;
@@ -497,40 +506,33 @@ impl Shared {
                     return;
                 }
                 let priority = shared.metas[layer].priority();
-                let reserved = match shared.reserve(layer, Origin::Prefetch, priority).await {
-                    Ok(reserved) => reserved,
+                let charge = match shared.reserve(layer, Origin::Prefetch, priority).await {
+                    Ok(charge) => charge,
                     Err(_) => {
                         Counters::bump(&shared.counters.prefetch_skipped);
                         return;
                     }
                 };
-                let in_flight = shared.counters.prefetch_in_flight.fetch_add(1, Relaxed) + 1;
-                shared
-                    .counters
-                    .prefetch_peak_in_flight
-                    .fetch_max(in_flight, Relaxed);
-                let (lookup, _) = shared.start_or_join(layer, Origin::Prefetch, Some(reserved));
+                let (lookup, _) = shared.start_or_join(layer, Origin::Prefetch, Some(charge));
                 if let Lookup::Started { done, .. } = lookup {
                     Counters::bump(&shared.counters.prefetch_issued);
+                    let c = &shared.counters;
+                    let in_flight = c.prefetch_in_flight.fetch_add(1, Relaxed) + 1;
+                    c.prefetch_peak_in_flight.fetch_max(in_flight, Relaxed);
                     // Hold the permit until the read is done.
                     let _ = done.await;
+                    c.prefetch_in_flight.fetch_sub(1, Relaxed);
                 }
-                shared.counters.prefetch_in_flight.fetch_sub(1, Relaxed);
             }
             .instrument(span),
         );
         true
     }
 
-    /// Reserves memory for `layer`, evicting by policy. A fetch waits for
-    /// reads in flight (their buffers may become evictable) and then up to
-    /// `memory_wait_timeout` for callers to drop handles; a prefetch never waits.
-    async fn reserve(
-        &self,
-        layer: usize,
-        origin: Origin,
-        priority: f32,
-    ) -> Result<(Charge, Pending)> {
+    /// Reserves memory for `layer`, evicting by policy. A fetch that finds
+    /// nothing to evict waits up to `memory_wait_timeout` for memory to be
+    /// freed; a prefetch never waits.
+    async fn reserve(&self, layer: usize, origin: Origin, priority: f32) -> Result<Charge> {
         let needed = self.footprint(layer);
         let budget = &self.budget;
         if needed > budget.max() {
@@ -541,7 +543,8 @@ impl Shared {
                 budget: budget.max(),
             });
         }
-        let deadline = tokio::time::Instant::now() + self.config.memory_wait_timeout;
+        // `None`: no deadline (the timeout is too long to represent).
+        let deadline = tokio::time::Instant::now().checked_add(self.config.memory_wait_timeout);
         let mut waiting = None;
         loop {
             // Register for wake-ups before looking, so none is missed.
@@ -549,7 +552,7 @@ impl Shared {
             tokio::pin!(changed);
             changed.as_mut().enable();
             if let Some(charge) = budget.try_reserve(needed) {
-                return Ok((charge, budget.begin_pending()));
+                return Ok(charge);
             }
             if let Some(victim) = self.cache.evict_one(&self.metas, origin, priority) {
                 let victim_layer = victim.weights.layer_index();
@@ -574,21 +577,16 @@ impl Shared {
             }
             if waiting.is_none() {
                 // Count ourselves as waiting, then look once more: a handle
-                // dropped before this point is seen by that look, one dropped
-                // after it sees us and wakes us.
+                // dropped before this point is seen by that look; one dropped
+                // after it wakes us (or, in a narrow race, the next recheck does).
                 waiting = Some(budget.begin_wait());
                 continue;
             }
-            // Reads in flight will publish (and may become evictable): wait
-            // for them whatever the timeout. Otherwise wait until the deadline.
-            if budget.pending() == 0 && tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
                 return Err(exhausted());
             }
-            let limit = if budget.pending() > 0 {
-                tokio::time::Instant::now() + RECHECK
-            } else {
-                deadline.min(tokio::time::Instant::now() + RECHECK)
-            };
+            let limit = deadline.map_or(now + RECHECK, |d| d.min(now + RECHECK));
             let _ = tokio::time::timeout_at(limit, changed).await;
         }
     }
@@ -602,15 +600,29 @@ impl Shared {
         drop(slot);
     }
 
+    /// Spawns `task` on the runtime of the caller, or, called from outside
+    /// any runtime, on the one the model was opened on.
+    fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => drop(handle.spawn(task)),
+            Err(_) => drop(self.runtime.spawn(task)),
+        }
+    }
     fn close(&self) {
         if self.closed.swap(true, Relaxed) {
             return;
         }
         let _span = tracing::debug_span!("close", path = %self.path.display()).entered();
-        for slot in self.cache.drain() {
-            self.drop_slot(slot);
-        }
-        self.backend.write().take();
+        // Take the backend first: a read that starts after this fails with
+        // `Closed`, and one already reading removes its own slot when it sees
+        // the model closed (`Load::run`), so nothing is cached after the drain.
+        let backend = self.backend.write().take();
+        let slots = self.cache.drain();
+        drop(slots);
+        drop(backend);
         self.budget.changed.notify_waiters();
     }
 }
@@ -629,49 +641,47 @@ struct Load {
     layer: usize,
     id: u64,
     armed: bool,
-    /// Dropped only after the layer is published (or abandoned), so waiters
-    /// for memory re-check once it is evictable.
-    pending: Option<Pending>,
 }
 
 impl Load {
     async fn run(
         mut self,
         origin: Origin,
-        reserved: Option<(Charge, Pending)>,
+        reserved: Option<Charge>,
         tx: oneshot::Sender<Result<LayerWeights>>,
     ) {
         let result = self.read(origin, reserved).await;
         let s = &self.shared;
         match &result {
             Ok(weights) => {
-                s.cache.publish(
-                    self.layer,
-                    self.id,
-                    weights.clone(),
-                    origin == Origin::Prefetch,
-                );
+                let prefetched = origin == Origin::Prefetch;
+                match s
+                    .cache
+                    .publish(self.layer, self.id, weights.clone(), prefetched)
+                {
+                    // A fetch joined this prefetch while it was reading.
+                    Published::Demanded if prefetched => Counters::bump(&s.counters.prefetch_used),
+                    _ => {}
+                }
+                // `close` may have drained the cache while this read ran.
+                if s.closed.load(Relaxed) {
+                    drop(s.cache.remove(self.layer));
+                }
             }
             Err(_) => s.cache.abandon(self.layer, self.id),
         }
         self.armed = false;
-        self.pending = None;
         s.budget.changed.notify_waiters();
         let _ = tx.send(result);
     }
 
-    async fn read(
-        &mut self,
-        origin: Origin,
-        reserved: Option<(Charge, Pending)>,
-    ) -> Result<LayerWeights> {
-        let s = Arc::clone(&self.shared);
+    async fn read(&self, origin: Origin, reserved: Option<Charge>) -> Result<LayerWeights> {
+        let s = &self.shared;
         let layer = self.layer;
-        let (charge, pending) = match reserved {
-            Some(r) => r,
+        let charge = match reserved {
+            Some(c) => c,
             None => s.reserve(layer, origin, s.metas[layer].priority()).await?,
         };
-        self.pending = Some(pending);
         let backend = s.backend.read().clone().ok_or_else(|| Error::Closed {
             path: Arc::clone(&s.path),
         })?;

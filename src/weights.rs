@@ -77,7 +77,11 @@ struct LayerData {
 
 impl Drop for LayerData {
     fn drop(&mut self) {
-        self.metas[self.layer].live.fetch_sub(1, Ordering::Relaxed);
+        let others = self.metas[self.layer].live.fetch_sub(1, Ordering::Relaxed) - 1;
+        if let Storage::Mapped(view) = &mut self.bytes.storage {
+            // A re-read of this layer maps the same pages: leave them be.
+            view.keep_pages = others > 0;
+        }
     }
 }
 
@@ -158,9 +162,9 @@ impl Clone for LayerWeights {
 impl Drop for LayerWeights {
     fn drop(&mut self) {
         if let Some(data) = self.inner.take() {
-            // Only when a fetch waits for memory is the budget told (after the
-            // count has fallen, so the waiter sees it); otherwise dropping a
-            // handle costs one atomic decrement.
+            // Only when a fetch waits for memory is the budget told, after the
+            // count has fallen; otherwise dropping a handle costs one atomic
+            // decrement. (See `Budget::handle_dropped` for the narrow race.)
             let notify = data.budget.has_waiters().then(|| Arc::clone(&data.budget));
             drop(data);
             if let Some(budget) = notify {

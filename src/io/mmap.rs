@@ -99,6 +99,9 @@ impl MmapBackend {
                 map: Arc::clone(map),
                 start,
                 len: end - start,
+                layer_start: r.offset as usize,
+                layer_end: r.end() as usize,
+                keep_pages: false,
                 _charge: charge,
             };
             view.page_in();
@@ -160,6 +163,11 @@ pub(crate) struct MappedView {
     map: Arc<Mmap>,
     start: usize,
     len: usize,
+    /// The layer's own bytes inside the window.
+    layer_start: usize,
+    layer_end: usize,
+    /// Set when another live buffer of the same layer still uses these pages.
+    pub(crate) keep_pages: bool,
     _charge: Charge,
 }
 
@@ -186,13 +194,23 @@ impl MappedView {
 
 impl Drop for MappedView {
     fn drop(&mut self) {
+        if self.keep_pages {
+            return;
+        }
+        // Only pages wholly inside this layer: a boundary page shared with a
+        // neighbouring layer may be in use by that layer's view.
+        let first = align_up(self.layer_start as u64, BLOCK) as usize;
+        let last = align_down(self.layer_end as u64, BLOCK) as usize;
+        if last <= first {
+            return;
+        }
         // SAFETY: MADV_DONTNEED on a read-only shared file mapping only drops
-        // this process's page-table entries; any later access (by another view
-        // sharing a boundary page) faults the same file bytes back in, so no
-        // live reference can observe changed data. The range is inside the map.
+        // this process's page-table entries; any later access faults the same
+        // file bytes back in, so no live reference can observe changed data.
+        // The range lies inside the map.
         let _ = unsafe {
             self.map
-                .unchecked_advise_range(UncheckedAdvice::DontNeed, self.start, self.len)
+                .unchecked_advise_range(UncheckedAdvice::DontNeed, first, last - first)
         };
     }
 }

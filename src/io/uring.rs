@@ -10,10 +10,12 @@
 //! buffered reads of the same file.
 //!
 //! If a caller gives up while a job runs, the job still finishes on the ring
-//! thread: each in-flight request owns a reference to the buffer, which
+//! thread. Each in-flight request owns a reference to the buffer, which
 //! tokio-uring keeps until the kernel completes the request, so the kernel
 //! never writes into freed memory, and the budget charge inside the buffer is
-//! returned only when the memory really is.
+//! returned only when the memory really is. (tokio-uring drops the buffers of
+//! cancelled requests without waiting when its runtime is dropped, so the
+//! ring thread does not drop it while any request buffer is alive.)
 
 use std::cell::Cell;
 use std::fs::OpenOptions;
@@ -40,6 +42,21 @@ use crate::weights::{LayerBytes, Storage};
 const RING_ENTRIES: u32 = 256;
 /// Retries of a request that failed with EINTR or EAGAIN before giving up.
 const TRANSIENT_RETRIES: u32 = 16;
+/// The most requests in flight on the ring across all jobs, well under its
+/// submission queue, so a submission never fails for lack of room.
+const MAX_RING_REQUESTS: usize = RING_ENTRIES as usize / 2;
+
+/// What every job on the ring thread shares.
+struct Ring {
+    files: Vec<RingFile>,
+    /// Bounds the requests in flight (see [`MAX_RING_REQUESTS`]).
+    slots: tokio::sync::Semaphore,
+    /// Request buffers not yet given back by tokio-uring. A cancelled
+    /// request's buffer lives until the kernel completes it, and tokio-uring
+    /// frees such buffers without waiting when its runtime is dropped, so the
+    /// ring thread keeps running until this is zero.
+    live_buffers: Rc<Cell<usize>>,
+}
 
 pub(crate) struct UringBackend {
     jobs: mpsc::UnboundedSender<Job>,
@@ -204,8 +221,12 @@ fn ring_thread(
         }
     };
     rt.block_on(async move {
-        let files = match open_files(&paths, direct) {
-            Ok(files) => Rc::new(files),
+        let ring = match open_files(&paths, direct) {
+            Ok(files) => Rc::new(Ring {
+                files,
+                slots: tokio::sync::Semaphore::new(MAX_RING_REQUESTS),
+                live_buffers: Rc::new(Cell::new(0)),
+            }),
             Err(e) => {
                 let _ = ready.send(Err(e));
                 return;
@@ -219,16 +240,20 @@ fn ring_thread(
             tokio::select! {
                 job = jobs.recv() => match job {
                     Some(job) => {
-                        running.spawn_local(run_job(Rc::clone(&files), job, tuning));
+                        running.spawn_local(run_job(Rc::clone(&ring), job, tuning));
                     }
                     None => break,
                 },
                 Some(_) = running.join_next(), if !running.is_empty() => {}
             }
         }
-        // The backend was dropped: let jobs in flight finish (their buffers
-        // must outlive the kernel's writes), then close the files.
+        // The backend was dropped: let jobs in flight finish, then wait for the
+        // kernel to complete requests that were cancelled (a failed job leaves
+        // its other requests running): their buffers must outlive the writes.
         while running.join_next().await.is_some() {}
+        while ring.live_buffers.get() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     });
 }
 
@@ -258,7 +283,7 @@ fn open_files(paths: &[Arc<Path>], direct: bool) -> Result<Vec<RingFile>> {
         .collect()
 }
 
-async fn run_job(files: Rc<Vec<RingFile>>, job: Job, tuning: Tuning) {
+async fn run_job(ring: Rc<Ring>, job: Job, tuning: Tuning) {
     let Job {
         layer,
         spans,
@@ -278,7 +303,7 @@ async fn run_job(files: Rc<Vec<RingFile>>, job: Job, tuning: Tuning) {
             })
     });
     let result = futures::stream::iter(chunks)
-        .map(|chunk| read_chunk(&files, &buf, chunk, layer))
+        .map(|chunk| read_chunk(&ring, &buf, chunk, layer))
         .buffer_unordered(tuning.depth)
         .try_for_each(|()| async { Ok(()) })
         .await;
@@ -302,13 +327,8 @@ struct Chunk {
 
 /// Reads one chunk, resuming short reads. Reaching end of file is fine only
 /// past `needed_end` (the tail of the last block of a file).
-async fn read_chunk(
-    files: &[RingFile],
-    buf: &Arc<AlignedBuf>,
-    chunk: Chunk,
-    layer: usize,
-) -> Result<()> {
-    let file = &files[chunk.file];
+async fn read_chunk(ring: &Ring, buf: &Arc<AlignedBuf>, chunk: Chunk, layer: usize) -> Result<()> {
+    let file = &ring.files[chunk.file];
     let mut done = 0u64;
     let mut transient = 0;
     while done < chunk.len {
@@ -320,7 +340,13 @@ async fn read_chunk(
             (Some(d), true) => d,
             _ => &file.buffered,
         };
+        let _slot = ring
+            .slots
+            .acquire()
+            .await
+            .expect("the ring's semaphore is never closed");
         let target = ChunkBuf {
+            _live: LiveBuffer::new(&ring.live_buffers),
             _owner: Arc::clone(buf),
             // SAFETY: `buf_offset + done < buf_offset + len <= buf.len()` (the
             // job's spans were laid out inside the buffer), so the pointer
@@ -371,9 +397,26 @@ struct ChunkBuf {
     /// Keeps the memory alive until tokio-uring gives the buffer back, which
     /// for a cancelled request is when the kernel completes it.
     _owner: Arc<AlignedBuf>,
+    _live: LiveBuffer,
     ptr: *mut u8,
     len: usize,
     init: usize,
+}
+
+/// Counts a request buffer in [`Ring::live_buffers`] while it exists.
+struct LiveBuffer(Rc<Cell<usize>>);
+
+impl LiveBuffer {
+    fn new(count: &Rc<Cell<usize>>) -> Self {
+        count.set(count.get() + 1);
+        LiveBuffer(Rc::clone(count))
+    }
+}
+
+impl Drop for LiveBuffer {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 // SAFETY: `ptr..ptr + len` lies inside the mapping `_owner` keeps alive, and
