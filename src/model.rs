@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use futures::future::BoxFuture;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use parking_lot::RwLock;
 use tokio::sync::{oneshot, Semaphore};
 use tracing::Instrument;
@@ -357,6 +357,81 @@ impl MappedModel {
         }
     }
 
+    /// Streams the layers `order` names, in that order, keeping up to
+    /// `lookahead` of the next layers being read ahead of the consumer.
+    ///
+    /// This is the pipelined forward pass in one call: while the consumer
+    /// computes with layer `order[k]`, layers `order[k+1..=k+lookahead]` are
+    /// prefetched. Read-ahead never goes past the budget: a prefetch that
+    /// finds no room is dropped and retried on the next step, and the layers
+    /// the consumer has passed are ordinary unheld cache entries that the
+    /// budget evicts when it needs room. An index out of range yields an
+    /// error item and the stream goes on.
+    ///
+    /// `lookahead: None` uses [`default_lookahead`](Self::default_lookahead).
+    /// With `prefetch_enabled = false` nothing is read ahead.
+    ///
+    /// # Examples
+    ///
+    /// A forward pass over every layer:
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use hyperion::{synth, MappedModel, MmapConfig};
+    ///
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> hyperion::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("model.tmai");
+    /// # synth::write(&path, &synth::SynthSpec { layers: 8, layer_size: 64 << 10, ..Default::default() })?;
+    /// let model = MappedModel::open(&path, MmapConfig { max_cache_size: 256 << 10, ..MmapConfig::default() }).await?;
+    /// let mut layers = model.stream_layers(0..model.layer_count(), None);
+    /// while let Some(weights) = layers.next().await {
+    ///     let weights = weights?;
+    ///     // ... compute with `weights` while the next layers stream in ...
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn stream_layers(
+        &self,
+        order: impl IntoIterator<Item = usize>,
+        lookahead: Option<usize>,
+    ) -> impl futures::Stream<Item = Result<LayerWeights>> + Send + Unpin + 'static {
+        let order: Arc<[usize]> = order.into_iter().collect();
+        let lookahead = lookahead.unwrap_or_else(|| self.default_lookahead());
+        futures::stream::unfold((self.clone(), 0usize), move |(model, pos)| {
+            let order = Arc::clone(&order);
+            async move {
+                let &layer = order.get(pos)?;
+                for &ahead in order.iter().skip(pos + 1).take(lookahead) {
+                    model.prefetch(ahead);
+                }
+                let item = model.layer(layer).await;
+                Some((item, (model, pos + 1)))
+            }
+        })
+        .boxed()
+    }
+
+    /// The read-ahead [`stream_layers`](Self::stream_layers) uses by default:
+    /// as many of the largest layers as fit in the budget beside the one the
+    /// consumer holds, at most 4, and at least 1 when two layers fit.
+    ///
+    /// Four is enough to keep a disk that serves one request at a time busy
+    /// through uneven compute; more only ties up budget earlier (and with
+    /// `prefetch_threads` reads in flight at once, the rest queue anyway).
+    pub fn default_lookahead(&self) -> usize {
+        let s = &self.shared;
+        let largest = (0..self.layer_count())
+            .map(|i| s.footprint(i))
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let fit = (s.budget.max() / largest) as usize;
+        fit.saturating_sub(1).min(4)
+    }
+
     /// A snapshot of the model's counters.
     pub fn stats(&self) -> Stats {
         let s = &self.shared;
@@ -690,7 +765,10 @@ impl Load {
         }
         let spec = &s.index.layers[layer];
         let started = Instant::now();
-        let bytes = backend.read(layer, spec, charge).await?;
+        let busy = s.counters.read_started();
+        let bytes = backend.read(layer, spec, charge).await;
+        drop(busy);
+        let bytes = bytes?;
         s.counters
             .read_nanos
             .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);

@@ -1,6 +1,9 @@
 //! Counters the loader keeps, and the snapshot [`Stats`] it reports.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 /// A snapshot of a model's counters, from [`MappedModel::stats`](crate::MappedModel::stats).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -16,8 +19,12 @@ pub struct Stats {
     pub reads: u64,
     /// Bytes of layers read from disk.
     pub bytes_read: u64,
-    /// Nanoseconds spent in backend reads, summed over reads.
+    /// Nanoseconds spent in backend reads, summed over reads (reads that
+    /// overlap each other count twice).
     pub read_nanos: u64,
+    /// Wall-clock nanoseconds during which at least one read was in flight:
+    /// the time the disk was busy for this model.
+    pub read_busy_nanos: u64,
     /// Layers the cache dropped to make room.
     pub evictions: u64,
     /// Prefetch reads started.
@@ -63,11 +70,36 @@ pub(crate) struct Counters {
     pub(crate) prefetch_skipped: AtomicU64,
     pub(crate) prefetch_in_flight: AtomicU64,
     pub(crate) prefetch_peak_in_flight: AtomicU64,
+    busy: Mutex<Busy>,
+}
+
+/// Tracks the union of read intervals.
+#[derive(Debug, Default)]
+struct Busy {
+    in_flight: u64,
+    since: Option<Instant>,
+    total: Duration,
 }
 
 impl Counters {
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// Marks a read as started; the returned guard marks it finished.
+    pub(crate) fn read_started(&self) -> ReadInFlight<'_> {
+        let mut b = self.busy.lock();
+        b.in_flight += 1;
+        if b.in_flight == 1 {
+            b.since = Some(Instant::now());
+        }
+        ReadInFlight(self)
+    }
+
+    fn busy_nanos(&self) -> u64 {
+        let b = self.busy.lock();
+        let open = b.since.map_or(Duration::ZERO, |t| t.elapsed());
+        (b.total + open).as_nanos() as u64
     }
 
     pub(crate) fn snapshot(&self, memory_usage: u64, peak_memory: u64) -> Stats {
@@ -78,6 +110,7 @@ impl Counters {
             reads: self.reads.load(Relaxed),
             bytes_read: self.bytes_read.load(Relaxed),
             read_nanos: self.read_nanos.load(Relaxed),
+            read_busy_nanos: self.busy_nanos(),
             evictions: self.evictions.load(Relaxed),
             prefetch_issued: self.prefetch_issued.load(Relaxed),
             prefetch_used: self.prefetch_used.load(Relaxed),
@@ -86,6 +119,21 @@ impl Counters {
             prefetch_peak_in_flight: self.prefetch_peak_in_flight.load(Relaxed),
             memory_usage,
             peak_memory,
+        }
+    }
+}
+
+/// A read in flight, for [`Stats::read_busy_nanos`].
+pub(crate) struct ReadInFlight<'a>(&'a Counters);
+
+impl Drop for ReadInFlight<'_> {
+    fn drop(&mut self) {
+        let mut b = self.0.busy.lock();
+        b.in_flight -= 1;
+        if b.in_flight == 0 {
+            if let Some(t) = b.since.take() {
+                b.total += t.elapsed();
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use hyperion::synth::{SynthSpec, ROW};
 use hyperion::{Backend, MappedModel, MmapConfig};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -119,12 +120,10 @@ async fn forward_pass(args: Args) -> anyhow::Result<()> {
     let mut waiting = Duration::ZERO;
     let mut verified = 0u64;
     let start = Instant::now();
+    let mut layers = model.stream_layers(0..n, Some(args.lookahead));
     for i in 0..n {
-        for ahead in i + 1..=(i + args.lookahead).min(n - 1) {
-            model.prefetch(ahead);
-        }
         let t = Instant::now();
-        let weights = model.layer(i).await?;
+        let weights = layers.next().await.expect("one item per layer")?;
         waiting += t.elapsed();
 
         let t = Instant::now();
@@ -140,13 +139,14 @@ async fn forward_pass(args: Args) -> anyhow::Result<()> {
         bar.inc(1);
         bar.set_message(format!("{} MiB in use", model.memory_usage() / MIB));
     }
+    drop(layers);
     let wall = start.elapsed();
     bar.finish_and_clear();
 
     let stats = model.stats();
     let backend = model.backend();
     model.close();
-    let io = Duration::from_nanos(stats.read_nanos);
+    let io = Duration::from_nanos(stats.read_busy_nanos);
     let mb_s = |bytes: u64, d: Duration| bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9);
     let hidden = (io + compute).saturating_sub(wall).min(io);
     let overlap = hidden.as_secs_f64() / io.as_secs_f64().max(1e-9);
@@ -167,7 +167,7 @@ async fn forward_pass(args: Args) -> anyhow::Result<()> {
         waiting.as_secs_f64()
     );
     println!(
-        "  disk           {} reads, {} MiB, {:.3} s of read time ({:.0} MB/s per read)",
+        "  disk           {} reads, {} MiB, busy {:.3} s ({:.0} MB/s while busy)",
         stats.reads,
         stats.bytes_read / MIB,
         io.as_secs_f64(),
