@@ -8,6 +8,10 @@ mod cache;
 pub mod config;
 pub mod dtype;
 pub mod error;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
+#[cfg(not(feature = "fault-injection"))]
+mod faults;
 pub mod format;
 mod ggml;
 pub mod index;

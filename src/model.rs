@@ -160,10 +160,26 @@ impl MappedModel {
     /// [`Backend::IoUring`] was asked for and the kernel refuses it.
     pub async fn open(path: impl AsRef<Path>, config: MmapConfig) -> Result<MappedModel> {
         let path: PathBuf = path.as_ref().to_path_buf();
-        Self::open_path(path, config).await
+        Self::open_path(path, config, None).await
     }
 
-    async fn open_path(path: PathBuf, config: MmapConfig) -> Result<MappedModel> {
+    /// [`open`](Self::open) with a plan of injected I/O faults, for testing
+    /// what callers see when the disk misbehaves.
+    #[cfg(feature = "fault-injection")]
+    pub async fn open_with_faults(
+        path: impl AsRef<Path>,
+        config: MmapConfig,
+        faults: Arc<crate::faults::FaultPlan>,
+    ) -> Result<MappedModel> {
+        let path: PathBuf = path.as_ref().to_path_buf();
+        Self::open_path(path, config, Some(faults)).await
+    }
+
+    async fn open_path(
+        path: PathBuf,
+        config: MmapConfig,
+        faults: Option<Arc<crate::faults::FaultPlan>>,
+    ) -> Result<MappedModel> {
         let granule = config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::InvalidArgument("MappedModel::open must be called within a tokio runtime".into())
@@ -185,7 +201,7 @@ impl MappedModel {
                     path: Arc::clone(&shared_path),
                     layer: 0,
                 })??;
-            let backend = crate::io::open_backend(&index.files, &config).await?;
+            let backend = crate::io::open_backend(&index.files, &config, faults).await?;
             let backend_kind = backend.kind();
             let span = tracing::Span::current();
             span.record("layers", index.layers.len());

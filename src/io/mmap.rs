@@ -22,6 +22,7 @@ use crate::budget::Charge;
 use crate::buffer::AlignedBuf;
 use crate::config::Backend;
 use crate::error::{Error, Result};
+use crate::faults::{Fault, FaultPlan};
 use crate::index::{align_down, align_up, LayerSpec, BLOCK};
 use crate::weights::{LayerBytes, Storage};
 
@@ -30,10 +31,11 @@ pub(crate) struct MmapBackend {
     files: Arc<[Arc<Path>]>,
     /// `None` for an empty file (which cannot be mapped and holds no layer bytes).
     maps: Arc<[Option<Arc<Mmap>>]>,
+    faults: Option<Arc<FaultPlan>>,
 }
 
 impl MmapBackend {
-    pub(crate) fn open(files: &[Arc<Path>]) -> Result<Self> {
+    pub(crate) fn open(files: &[Arc<Path>], faults: Option<Arc<FaultPlan>>) -> Result<Self> {
         let mut maps = Vec::with_capacity(files.len());
         for path in files {
             let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
@@ -56,10 +58,26 @@ impl MmapBackend {
         Ok(MmapBackend {
             files: files.into(),
             maps: maps.into(),
+            faults,
         })
     }
 
     fn read_blocking(&self, layer: usize, spec: &LayerSpec, charge: Charge) -> Result<LayerBytes> {
+        match self
+            .faults
+            .as_ref()
+            .and_then(|f| f.draw(spec.size as usize))
+        {
+            Some(Fault::Error(errno)) => {
+                return Err(Error::io(
+                    &self.files[spec.ranges[0].file],
+                    format!("read layer {layer}"),
+                    std::io::Error::from_raw_os_error(errno),
+                ))
+            }
+            Some(Fault::Delay(d)) => std::thread::sleep(d),
+            Some(Fault::Short(_)) | None => {}
+        }
         for r in &spec.ranges {
             let path = &self.files[r.file];
             // The file may have shrunk since it was mapped: touching pages past

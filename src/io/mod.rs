@@ -18,6 +18,7 @@ use futures::future::BoxFuture;
 use crate::budget::Charge;
 use crate::config::{Backend, MmapConfig};
 use crate::error::{Error, Result};
+use crate::faults::FaultPlan;
 use crate::index::LayerSpec;
 use crate::weights::LayerBytes;
 
@@ -36,19 +37,22 @@ pub(crate) trait ReadBackend: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<LayerBytes>>;
 }
 
-/// Opens the engine `config.backend` asks for over `files`.
+/// Opens the engine `config.backend` asks for over `files`, with the test
+/// fault plan `faults` (always `None` outside tests).
 pub(crate) async fn open_backend(
     files: &[Arc<Path>],
     config: &MmapConfig,
+    faults: Option<Arc<FaultPlan>>,
 ) -> Result<Arc<dyn ReadBackend>> {
+    let uring = || uring::UringBackend::open(files, config, faults.clone());
     match config.backend {
-        Backend::Mmap => Ok(Arc::new(mmap::MmapBackend::open(files)?)),
-        Backend::IoUring => Ok(Arc::new(uring::UringBackend::open(files, config).await?)),
-        Backend::Auto => match uring::UringBackend::open(files, config).await {
+        Backend::Mmap => Ok(Arc::new(mmap::MmapBackend::open(files, faults.clone())?)),
+        Backend::IoUring => Ok(Arc::new(uring().await?)),
+        Backend::Auto => match uring().await {
             Ok(b) => Ok(Arc::new(b)),
             Err(e @ Error::BackendUnavailable { .. }) => {
                 warn_fallback_once(&e);
-                Ok(Arc::new(mmap::MmapBackend::open(files)?))
+                Ok(Arc::new(mmap::MmapBackend::open(files, faults.clone())?))
             }
             Err(e) => Err(e),
         },

@@ -34,6 +34,7 @@ use crate::budget::Charge;
 use crate::buffer::AlignedBuf;
 use crate::config::{Backend, MmapConfig};
 use crate::error::{Error, Result};
+use crate::faults::{Fault, FaultPlan};
 use crate::index::{align_down, align_up, LayerSpec, BLOCK};
 use crate::weights::{LayerBytes, Storage};
 
@@ -56,6 +57,8 @@ struct Ring {
     /// frees such buffers without waiting when its runtime is dropped, so the
     /// ring thread keeps running until this is zero.
     live_buffers: Rc<Cell<usize>>,
+    /// Test-only fault injection (`None` otherwise).
+    faults: Option<Arc<FaultPlan>>,
 }
 
 pub(crate) struct UringBackend {
@@ -103,7 +106,11 @@ struct Tuning {
 impl UringBackend {
     /// Starts the ring thread and opens `files` on it. Returns
     /// [`Error::BackendUnavailable`] if the kernel refuses to create a ring.
-    pub(crate) async fn open(files: &[Arc<Path>], config: &MmapConfig) -> Result<Self> {
+    pub(crate) async fn open(
+        files: &[Arc<Path>],
+        config: &MmapConfig,
+        faults: Option<Arc<FaultPlan>>,
+    ) -> Result<Self> {
         let (jobs, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
         let tuning = Tuning {
@@ -115,7 +122,7 @@ impl UringBackend {
         let first = Arc::clone(&files[0]);
         std::thread::Builder::new()
             .name("hyperion-uring".into())
-            .spawn(move || ring_thread(paths, direct, tuning, rx, ready_tx))
+            .spawn(move || ring_thread(paths, direct, tuning, faults, rx, ready_tx))
             .map_err(|e| Error::io(&first, "spawn the io_uring thread", e))?;
         match ready_rx.await {
             Ok(Ok(())) => Ok(UringBackend {
@@ -206,10 +213,20 @@ fn ring_thread(
     paths: Vec<Arc<Path>>,
     direct: bool,
     tuning: Tuning,
+    faults: Option<Arc<FaultPlan>>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     ready: oneshot::Sender<Result<()>>,
 ) {
+    let injected = faults.as_ref().is_some_and(|f| f.ring_setup_fails());
     let rt = match tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES)) {
+        Ok(_) if injected => {
+            let _ = ready.send(Err(Error::BackendUnavailable {
+                path: Arc::clone(&paths[0]),
+                backend: "io_uring",
+                reason: "cannot create a ring: injected failure".into(),
+            }));
+            return;
+        }
         Ok(rt) => rt,
         Err(e) => {
             let _ = ready.send(Err(Error::BackendUnavailable {
@@ -226,6 +243,7 @@ fn ring_thread(
                 files,
                 slots: tokio::sync::Semaphore::new(MAX_RING_REQUESTS),
                 live_buffers: Rc::new(Cell::new(0)),
+                faults,
             }),
             Err(e) => {
                 let _ = ready.send(Err(e));
@@ -345,6 +363,19 @@ async fn read_chunk(ring: &Ring, buf: &Arc<AlignedBuf>, chunk: Chunk, layer: usi
             .acquire()
             .await
             .expect("the ring's semaphore is never closed");
+        let mut len = (chunk.len - done) as usize;
+        let injected = match ring.faults.as_ref().and_then(|f| f.draw(len)) {
+            Some(Fault::Error(errno)) => Some(io::Error::from_raw_os_error(errno)),
+            Some(Fault::Short(n)) => {
+                len = len.min(n);
+                None
+            }
+            Some(Fault::Delay(d)) => {
+                tokio::time::sleep(d).await;
+                None
+            }
+            None => None,
+        };
         let target = ChunkBuf {
             _live: LiveBuffer::new(&ring.live_buffers),
             _owner: Arc::clone(buf),
@@ -352,10 +383,13 @@ async fn read_chunk(ring: &Ring, buf: &Arc<AlignedBuf>, chunk: Chunk, layer: usi
             // job's spans were laid out inside the buffer), so the pointer
             // stays inside the allocation.
             ptr: unsafe { buf.as_mut_ptr().add(chunk.buf_offset + done as usize) },
-            len: (chunk.len - done) as usize,
+            len,
             init: 0,
         };
-        let (res, _) = fd.read_at(target, pos).await;
+        let res = match injected {
+            Some(e) => Err(e),
+            None => fd.read_at(target, pos).await.0,
+        };
         match res {
             Ok(0) if pos >= chunk.needed_end => return Ok(()),
             Ok(0) => {
@@ -385,8 +419,14 @@ async fn read_chunk(ring: &Ring, buf: &Arc<AlignedBuf>, chunk: Chunk, layer: usi
     Ok(())
 }
 
+/// Errors after which the same request is simply submitted again: an
+/// interrupted or cancelled request (we never cancel our own, so a
+/// cancellation came from outside) or a momentarily busy kernel.
 fn is_transient(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::ECANCELED)
+    )
 }
 
 /// A window of a shared [`AlignedBuf`] that one read request fills.

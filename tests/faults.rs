@@ -1,0 +1,132 @@
+//! Injected I/O faults: every fetch yields the exact bytes or a typed error,
+//! no waiter is left stuck, and the budget returns to zero afterwards.
+//! Needs `--features fault-injection` (README's test command enables it).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{config, eventually, TestModel, KIB};
+use hyperion::faults::FaultPlan;
+use hyperion::{Backend, Error, MappedModel, MmapConfig};
+
+const LAYERS: usize = 16;
+
+/// Fetches every layer (several rounds, with evictions) under `plan`; returns
+/// (exact layers, typed errors). Panics on wrong bytes, an untyped error or a
+/// fetch that does not finish.
+async fn run(backend: Backend, plan: FaultPlan, chunk: u64) -> (usize, usize, Arc<FaultPlan>) {
+    let m = TestModel::new(LAYERS, 96 * KIB + 8);
+    let plan = Arc::new(plan);
+    let cfg = MmapConfig {
+        read_chunk_size: chunk,
+        reads_in_flight: 4,
+        ..config(backend, 6 * 100 * KIB)
+    };
+    let model = MappedModel::open_with_faults(&m.path, cfg, Arc::clone(&plan))
+        .await
+        .unwrap();
+    let expected: Arc<Vec<Vec<u8>>> =
+        Arc::new((0..LAYERS).map(|i| m.spec.layer_bytes(i)).collect());
+    let (mut ok, mut failed) = (0, 0);
+    for round in 0..3 {
+        // Each task checks and drops its layer itself, so the fetches only
+        // ever hold memory briefly.
+        let fetches: Vec<_> = (0..LAYERS)
+            .map(|i| {
+                model.prefetch((i + round) % LAYERS);
+                let (model, expected) = (model.clone(), Arc::clone(&expected));
+                tokio::spawn(async move {
+                    let w = model.layer(i).await?;
+                    assert!(w[..] == expected[i][..], "layer {i}: wrong bytes");
+                    Ok::<(), Error>(())
+                })
+            })
+            .collect();
+        for (i, f) in fetches.into_iter().enumerate() {
+            let result = tokio::time::timeout(Duration::from_secs(20), f)
+                .await
+                .expect("a fetch under faults must finish")
+                .unwrap();
+            match result {
+                Ok(()) => ok += 1,
+                Err(Error::Io { ref op, .. }) if op.contains(&format!("layer {i}")) => failed += 1,
+                Err(e) => panic!("layer {i}: unexpected error {e}"),
+            }
+        }
+    }
+    let watcher = model.clone();
+    model.close();
+    eventually("memory returns to zero", || watcher.memory_usage() == 0).await;
+    (ok, failed, plan)
+}
+
+on_both_backends!(
+    transient_errors_are_retried_or_reported,
+    hard_errors_are_typed_and_leave_nothing_stuck,
+    delays_reorder_completions_without_changing_bytes
+);
+
+async fn transient_errors_are_retried_or_reported(backend: Backend) {
+    let plan = FaultPlan::new(1).with_errors(0.3, &[libc::EINTR, libc::EAGAIN, libc::ECANCELED]);
+    let (ok, failed, plan) = run(backend, plan, 16 * KIB).await;
+    assert!(plan.injected() > 10, "{} faults", plan.injected());
+    match backend {
+        // The ring retries transient errors: every layer arrives.
+        Backend::IoUring => assert_eq!((ok, failed), (3 * LAYERS, 0)),
+        // mmap has no transient errors of its own: injected ones are reported.
+        _ => assert!(ok > 0 && failed > 0 && ok + failed == 3 * LAYERS),
+    }
+}
+
+async fn hard_errors_are_typed_and_leave_nothing_stuck(backend: Backend) {
+    let plan = FaultPlan::new(2).with_errors(0.1, &[libc::EIO]);
+    let (ok, failed, plan) = run(backend, plan, 16 * KIB).await;
+    assert!(plan.injected() > 0);
+    assert!(failed > 0, "some fetches must see the EIO");
+    assert!(ok > 0, "the others arrive exact");
+}
+
+async fn delays_reorder_completions_without_changing_bytes(backend: Backend) {
+    let plan = FaultPlan::new(3).with_delays(0.5, Duration::from_millis(3));
+    let (ok, failed, plan) = run(backend, plan, 8 * KIB).await;
+    assert!(plan.injected() > 10);
+    assert_eq!((ok, failed), (3 * LAYERS, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_reads_are_resumed() {
+    let plan = FaultPlan::new(4).with_short_reads(0.6);
+    let (ok, failed, plan) = run(Backend::IoUring, plan, 32 * KIB).await;
+    assert!(plan.injected() > 10, "{} short reads", plan.injected());
+    assert_eq!((ok, failed), (3 * LAYERS, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_at_once() {
+    let plan = FaultPlan::new(5)
+        .with_errors(0.05, &[libc::EINTR, libc::EIO, libc::ECANCELED])
+        .with_short_reads(0.3)
+        .with_delays(0.3, Duration::from_millis(2));
+    let (ok, failed, _) = run(Backend::IoUring, plan, 8 * KIB).await;
+    assert_eq!(ok + failed, 3 * LAYERS);
+    assert!(ok > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_that_cannot_be_created_falls_back_or_is_an_error() {
+    let m = TestModel::new(3, 64 * KIB);
+    let plan = || Arc::new(FaultPlan::new(6).with_ring_setup_failure());
+    let err = MappedModel::open_with_faults(&m.path, config(Backend::IoUring, 1 << 20), plan())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::BackendUnavailable { .. }), "{err}");
+    let model = MappedModel::open_with_faults(&m.path, config(Backend::Auto, 1 << 20), plan())
+        .await
+        .unwrap();
+    assert_eq!(model.backend(), Backend::Mmap);
+    for i in 0..3 {
+        m.check(i, &model.layer(i).await.unwrap());
+    }
+}
