@@ -161,3 +161,67 @@ fn the_demo_runs_verifies_and_stays_within_its_budget() {
         .unwrap();
     assert!(peak <= 4 << 20, "{summary}");
 }
+
+#[test]
+fn verify_tensor_and_convert_read_through_the_loader() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.tmai");
+    let spec = hyperion::synth::SynthSpec {
+        layers: 4,
+        layer_size: 4 * 300,
+        ..Default::default()
+    };
+    hyperion::synth::write(&path, &spec).unwrap();
+
+    let out = hyperion().arg("verify").arg(&path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok — 4 layers"));
+
+    let out = hyperion()
+        .arg("tensor")
+        .arg(&path)
+        .arg("layers.3.tail")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, spec.layer_bytes(3)[256 * 4..]);
+    let out = hyperion()
+        .arg("tensor")
+        .arg(&path)
+        .arg("missing")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+
+    // A .tmai converts to an identical file.
+    let copy = dir.path().join("copy.tmai");
+    let out = hyperion()
+        .arg("convert")
+        .arg(&path)
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&copy).unwrap());
+
+    // A flipped byte in a layer fails verification, naming the layer.
+    let offset = hyperion::format::read_index(&path).unwrap().layers[2].offset() + 7;
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[offset as usize] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+    let out = hyperion().arg("verify").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("layer 2") && err.contains("checksum mismatch"),
+        "{err}"
+    );
+}

@@ -2,6 +2,7 @@
 
 mod demo;
 mod inspect;
+mod tools;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +50,26 @@ enum Command {
         /// The model file.
         file: PathBuf,
     },
+    /// Read every layer through the loader and check it (checksums for
+    /// .tmai, structure for the others); the exit status says the result.
+    Verify {
+        /// The model file.
+        file: PathBuf,
+    },
+    /// Write one tensor's exact bytes, read through the loader, to stdout.
+    Tensor {
+        /// The model file.
+        file: PathBuf,
+        /// The tensor's name.
+        name: String,
+    },
+    /// Convert a model (safetensors, GGUF, .tmai) to .tmai, streaming.
+    Convert {
+        /// The model to read.
+        input: PathBuf,
+        /// The .tmai file to write.
+        output: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +100,9 @@ fn main() -> ExitCode {
             hyperion::synth::write(&out, &spec).map_err(Into::into)
         }
         Some(Command::Inspect { json, file }) => inspect::run(&file, json),
+        Some(Command::Verify { file }) => tools::verify(&file),
+        Some(Command::Tensor { file, name }) => tools::tensor(&file, &name),
+        Some(Command::Convert { input, output }) => tools::convert(&input, &output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
