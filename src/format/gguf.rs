@@ -653,23 +653,31 @@ pub fn parse(bytes: &[u8], file_len: u64) -> Result<GgufHeader, FormatError> {
     let tensor_count = c.u64(Item::Header)?;
     let kv_count = c.u64(Item::Header)?;
 
-    // Bound both counts by the bytes that must hold their records.
-    let room = usable.saturating_sub(FIXED_HEADER_LEN);
-    let limit = |what: &str, value: u64, limit: u64| FormatError::LimitExceeded {
-        what: format!("{what} (bounded by the file's length, at most {MAX_METADATA_LEN} bytes)"),
-        value,
-        limit,
-    };
-    if kv_count > room / MIN_KV_LEN {
-        return Err(limit("kv_count", kv_count, room / MIN_KV_LEN));
-    }
-    let room = room - kv_count * MIN_KV_LEN;
-    if tensor_count > room / MIN_TENSOR_INFO_LEN {
-        return Err(limit(
-            "tensor_count",
-            tensor_count,
-            room / MIN_TENSOR_INFO_LEN,
-        ));
+    // Both counts must fit the bytes that hold their records (in the file
+    // and under the metadata limit) before anything is done with them.
+    let records = kv_count
+        .saturating_mul(MIN_KV_LEN)
+        .saturating_add(tensor_count.saturating_mul(MIN_TENSOR_INFO_LEN));
+    if FIXED_HEADER_LEN.saturating_add(records) > usable {
+        let counts = format!(
+            "the GGUF header's {kv_count} metadata pairs and {tensor_count} tensor infos \
+             (at least {MIN_KV_LEN} and {MIN_TENSOR_INFO_LEN} bytes each)"
+        );
+        return Err(match c.short(records, Item::Header) {
+            FormatError::Truncated {
+                needed, available, ..
+            } => FormatError::Truncated {
+                what: counts,
+                needed,
+                available,
+            },
+            FormatError::LimitExceeded { value, limit, .. } => FormatError::LimitExceeded {
+                what: format!("the metadata section ({counts})"),
+                value,
+                limit,
+            },
+            other => other,
+        });
     }
 
     let metadata = parse_metadata(&mut c, kv_count)?;
