@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use common::config;
 use hyperion::format::gguf::{
     self, parse, GgufArray, GgufHeader, GgufString, GgufType, GgufValue, MAX_ARRAY_DEPTH,
-    MAX_METADATA_LEN,
+    MAX_KV_COUNT, MAX_METADATA_LEN, MAX_TENSOR_COUNT,
 };
 use hyperion::{Backend, DType, Error, FileFormat, FormatError, GgmlType, MappedModel};
 use proptest::prelude::*;
@@ -290,7 +290,7 @@ fn sample_parses_with_every_value_type() {
         nested,
         &GgufArray::Array(Box::new([
             GgufArray::U16(Box::new([1, 2])),
-            GgufArray::String(Box::new(["x".into()])),
+            GgufArray::String(["x"].into_iter().collect()),
         ]))
     );
     assert_eq!(h.get("t.nested").unwrap().to_string(), r#"[[1, 2], ["x"]]"#);
@@ -703,27 +703,56 @@ fn attack_array_counts() {
 }
 
 #[test]
-fn attack_counts_beyond_the_file() {
-    // Counts whose records cannot fit the file: refused before any is read.
-    for (tensors, kvs) in [(u64::MAX, 0), (0, u64::MAX), (1 << 40, 1), (1, 1 << 40)] {
+fn attack_counts_over_the_limits() {
+    for (tensors, kvs, what, value, limit) in [
+        (u64::MAX, 0, "tensor_count", u64::MAX, MAX_TENSOR_COUNT),
+        (
+            MAX_TENSOR_COUNT + 1,
+            0,
+            "tensor_count",
+            MAX_TENSOR_COUNT + 1,
+            MAX_TENSOR_COUNT,
+        ),
+        (0, u64::MAX, "kv_count", u64::MAX, MAX_KV_COUNT),
+        (1, 1 << 40, "kv_count", 1 << 40, MAX_KV_COUNT),
+    ] {
         let mut b = Builder::new();
         b.tensor_count = Some(tensors);
         b.kv_count = Some(kvs);
-        let b = b.build();
-        let e = err(&b);
-        assert!(
-            matches!(e, FormatError::Truncated { ref what, available, .. }
-                if what.contains("tensor infos") && available == b.len() as u64),
-            "{e}"
-        );
-        // In a file long enough, they pass the metadata limit instead.
-        if tensors < 1 << 50 && kvs < 1 << 50 {
-            let e = parse(&b, 1 << 62).unwrap_err();
-            assert!(
-                matches!(e, FormatError::LimitExceeded { limit, .. } if limit == MAX_METADATA_LEN),
-                "{e}"
+        // Refused whatever the file's length.
+        for file_len in [b.build().len() as u64, u64::MAX] {
+            assert_eq!(
+                parse(&b.build(), file_len).unwrap_err(),
+                FormatError::LimitExceeded {
+                    what: format!("the GGUF header's {what}"),
+                    value,
+                    limit
+                }
             );
         }
+    }
+}
+
+#[test]
+fn attack_counts_beyond_the_file() {
+    // Counts whose records cannot fit the file: refused before any is read.
+    for (tensors, kvs) in [(MAX_TENSOR_COUNT, 0), (0, MAX_KV_COUNT), (1, 1)] {
+        let mut b = Builder::new();
+        b.tensor_count = Some(tensors);
+        b.kv_count = Some(kvs);
+        let b = b.metadata();
+        let e = err(&b);
+        assert_eq!(
+            e,
+            FormatError::Truncated {
+                what: format!(
+                    "the GGUF header's {kvs} metadata pairs and {tensors} tensor infos \
+                     (at least 14 and 25 bytes each)"
+                ),
+                needed: 24 + 14 * kvs + 25 * tensors,
+                available: 24
+            }
+        );
     }
     // A plausible count that the bytes do not back up.
     let mut b =
@@ -1233,7 +1262,10 @@ fn elements(a: &GgufArray) -> Vec<GgufValue> {
         GgufArray::I32(v) => each(v, GgufValue::I32),
         GgufArray::F32(v) => each(v, GgufValue::F32),
         GgufArray::Bool(v) => each(v, GgufValue::Bool),
-        GgufArray::String(v) => each(v, GgufValue::String),
+        GgufArray::String(v) => v
+            .iter()
+            .map(|s| GgufValue::String(s.to_vec().into()))
+            .collect(),
         GgufArray::Array(v) => each(v, GgufValue::Array),
         GgufArray::U64(v) => each(v, GgufValue::U64),
         GgufArray::I64(v) => each(v, GgufValue::I64),
@@ -1364,7 +1396,7 @@ fn metadata_matches_gguf_py() {
             .unwrap();
         assert_eq!(
             raw,
-            &GgufArray::String(Box::new([vec![0xff, 0xfe].into(), "ok".into()]))
+            &GgufArray::String([&[0xff, 0xfe][..], b"ok"].into_iter().collect())
         );
         assert_eq!(
             h.get("test.array.nested").map(|v| v.to_string()).as_deref(),

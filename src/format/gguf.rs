@@ -73,6 +73,14 @@ pub const MAX_TENSOR_NAME_LEN: u64 = 64;
 /// depth 2.
 pub const MAX_ARRAY_DEPTH: u32 = 8;
 
+/// The most metadata pairs a file may have. Real files have tens; large
+/// metadata (vocabularies) lives in arrays, which this does not limit.
+pub const MAX_KV_COUNT: u64 = 1 << 16;
+
+/// The most tensors a file may have: several times the largest models with
+/// unmerged experts (some 50,000 tensors).
+pub const MAX_TENSOR_COUNT: u64 = 1 << 18;
+
 /// Bytes of magic, version, tensor_count and kv_count.
 const FIXED_HEADER_LEN: u64 = 24;
 /// The smallest key/value pair: key length, a one-byte key, the type, a one-byte value.
@@ -242,6 +250,71 @@ impl PartialEq<&str> for GgufString {
     }
 }
 
+/// The strings of a `STRING` array, stored together: one buffer of their
+/// bytes and the end of each, so a 256k-token vocabulary is two allocations
+/// and takes no more memory than the file spends on it.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct GgufStrings {
+    bytes: Box<[u8]>,
+    /// `ends[i]` is where string `i` ends in `bytes`; it starts where `i - 1` ends.
+    ends: Box<[usize]>,
+}
+
+impl GgufStrings {
+    /// The number of strings.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// String `i`'s bytes.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)?;
+        let start = match i.checked_sub(1) {
+            Some(p) => *self.ends.get(p)?,
+            None => 0,
+        };
+        self.bytes.get(start..end)
+    }
+
+    /// String `i`, if it exists and is valid UTF-8.
+    pub fn get_str(&self, i: usize) -> Option<&str> {
+        std::str::from_utf8(self.get(i)?).ok()
+    }
+
+    /// The strings' bytes, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        (0..self.len()).map(|i| self.get(i).unwrap_or_default())
+    }
+}
+
+impl<S: AsRef<[u8]>> FromIterator<S> for GgufStrings {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
+        let mut bytes = Vec::new();
+        let mut ends = Vec::new();
+        for s in iter {
+            bytes.extend_from_slice(s.as_ref());
+            ends.push(bytes.len());
+        }
+        GgufStrings {
+            bytes: bytes.into_boxed_slice(),
+            ends: ends.into_boxed_slice(),
+        }
+    }
+}
+
+impl fmt::Debug for GgufStrings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(|s| GgufString(s.into())))
+            .finish()
+    }
+}
+
 /// A metadata value.
 ///
 /// `Display` prints scalars plainly, strings quoted, and arrays as
@@ -401,7 +474,7 @@ pub enum GgufArray {
     /// Of `BOOL`.
     Bool(Box<[bool]>),
     /// Of `STRING`.
-    String(Box<[GgufString]>),
+    String(GgufStrings),
     /// Of `ARRAY` (nested arrays; each inner array has its own element type).
     Array(Box<[GgufArray]>),
     /// Of `UINT64`.
@@ -494,7 +567,10 @@ impl fmt::Display for GgufArray {
             GgufArray::I32(v) => fmt_items(f, v, plain),
             GgufArray::F32(v) => fmt_items(f, v, plain),
             GgufArray::Bool(v) => fmt_items(f, v, plain),
-            GgufArray::String(v) => fmt_items(f, v, |f, s| write!(f, "{:?}", s.to_string_lossy())),
+            GgufArray::String(v) => {
+                let v: Vec<&[u8]> = v.iter().collect();
+                fmt_items(f, &v, |f, s| write!(f, "{:?}", String::from_utf8_lossy(s)))
+            }
             GgufArray::Array(v) => fmt_items(f, v, |f, a| fmt::Display::fmt(a, f)),
             GgufArray::U64(v) => fmt_items(f, v, plain),
             GgufArray::I64(v) => fmt_items(f, v, plain),
@@ -653,6 +729,18 @@ pub fn parse(bytes: &[u8], file_len: u64) -> Result<GgufHeader, FormatError> {
     let tensor_count = c.u64(Item::Header)?;
     let kv_count = c.u64(Item::Header)?;
 
+    for (what, count, limit) in [
+        ("kv_count", kv_count, MAX_KV_COUNT),
+        ("tensor_count", tensor_count, MAX_TENSOR_COUNT),
+    ] {
+        if count > limit {
+            return Err(FormatError::LimitExceeded {
+                what: format!("the GGUF header's {what}"),
+                value: count,
+                limit,
+            });
+        }
+    }
     // Both counts must fit the bytes that hold their records (in the file
     // and under the metadata limit) before anything is done with them.
     let records = kv_count
@@ -1035,6 +1123,32 @@ impl<'a> Cursor<'a> {
         Ok(GgufString(self.take(len, at)?.into()))
     }
 
+    /// The `count` strings of a `STRING` array: their lengths are walked
+    /// first, so that their bytes go into one buffer of the exact size.
+    fn strings(&mut self, count: u64, at: Item<'_>) -> Result<GgufStrings, FormatError> {
+        let start = self.pos;
+        let mut total: u64 = 0;
+        for _ in 0..count {
+            let len = self.u64(at)?;
+            self.take(len, at)?;
+            total = total.saturating_add(len);
+        }
+        // Every string was held, so these sizes fit in memory.
+        let n = usize::try_from(count).unwrap_or(0);
+        let mut bytes = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+        let mut ends = Vec::with_capacity(n);
+        self.pos = start;
+        for _ in 0..count {
+            let len = self.u64(at)?;
+            bytes.extend_from_slice(self.take(len, at)?);
+            ends.push(bytes.len());
+        }
+        Ok(GgufStrings {
+            bytes: bytes.into_boxed_slice(),
+            ends: ends.into_boxed_slice(),
+        })
+    }
+
     fn bool(&mut self, at: Item<'_>) -> Result<bool, FormatError> {
         match self.array::<1>(at)? {
             [0] => Ok(false),
@@ -1118,13 +1232,7 @@ impl<'a> Cursor<'a> {
                 }
                 GgufArray::Bool(v.into_boxed_slice())
             }
-            GgufType::String => {
-                let mut v = Vec::with_capacity(n);
-                for _ in 0..count {
-                    v.push(self.string(at)?);
-                }
-                GgufArray::String(v.into_boxed_slice())
-            }
+            GgufType::String => GgufArray::String(self.strings(count, at)?),
             GgufType::Array => {
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..count {
@@ -1337,7 +1445,7 @@ mod tests {
         let v = GgufValue::Array(GgufArray::Array(
             vec![
                 GgufArray::U8(vec![1, 2, 3].into()),
-                GgufArray::String(vec!["a".into(), GgufString::from(vec![0xff])].into()),
+                GgufArray::String([&b"a"[..], &[0xff]].into_iter().collect()),
             ]
             .into(),
         ));
@@ -1351,6 +1459,19 @@ mod tests {
             format!("{:?}", GgufString::from(vec![b'a', 0xff])),
             r#"b"a\xff""#
         );
+    }
+
+    #[test]
+    fn strings_are_stored_together_and_read_apart() {
+        let s: GgufStrings = ["ab", "", "c"].into_iter().collect();
+        assert_eq!((s.len(), s.is_empty()), (3, false));
+        assert_eq!(s.get(0), Some(&b"ab"[..]));
+        assert_eq!(s.get(1), Some(&b""[..]));
+        assert_eq!(s.get_str(2), Some("c"));
+        assert_eq!(s.get(3), None);
+        assert_eq!(s.iter().collect::<Vec<_>>(), [&b"ab"[..], b"", b"c"]);
+        assert_eq!(format!("{s:?}"), r#"["ab", "", "c"]"#);
+        assert!(GgufStrings::default().is_empty());
     }
 
     #[test]
