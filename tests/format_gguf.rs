@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use common::config;
 use hyperion::format::gguf::{
     self, parse, GgufArray, GgufHeader, GgufString, GgufType, GgufValue, MAX_ARRAY_DEPTH,
-    MAX_KV_COUNT, MAX_METADATA_LEN, MAX_TENSOR_COUNT,
+    MAX_KV_COUNT, MAX_METADATA_LEN, MAX_NESTED_ARRAYS, MAX_TENSOR_COUNT,
 };
 use hyperion::{Backend, DType, Error, FileFormat, FormatError, GgmlType, MappedModel};
 use proptest::prelude::*;
@@ -823,6 +823,34 @@ fn attack_nesting_depth() {
     }
     let e = err(&Builder::new().kv(kv("chain", T_ARRAY, &chain)).build());
     assert!(matches!(e, FormatError::LimitExceeded { .. }), "{e}");
+}
+
+#[test]
+fn attack_many_nested_arrays() {
+    // Empty arrays inside an array: 12 bytes in the file, 40 in memory each.
+    // The file may hold MAX_NESTED_ARRAYS of them in all, and no more.
+    let empties = |n: u64| {
+        let one = arr(T_U8, 0, &[]);
+        arr(T_ARRAY, n, &one.repeat(n as usize))
+    };
+    let half = MAX_NESTED_ARRAYS / 2;
+    let ok = Builder::new()
+        .kv(kv("a", T_ARRAY, &empties(half)))
+        .kv(kv("b", T_ARRAY, &empties(half)))
+        .build();
+    assert!(parsed(&ok).is_ok());
+    let over = Builder::new()
+        .kv(kv("a", T_ARRAY, &empties(half)))
+        .kv(kv("b", T_ARRAY, &empties(half + 1)))
+        .build();
+    assert_eq!(
+        err(&over),
+        FormatError::LimitExceeded {
+            what: "metadata key \"b\": arrays nested in arrays (in the whole file)".into(),
+            value: MAX_NESTED_ARRAYS + 1,
+            limit: MAX_NESTED_ARRAYS
+        }
+    );
 }
 
 #[test]

@@ -73,6 +73,11 @@ pub const MAX_TENSOR_NAME_LEN: u64 = 64;
 /// depth 2.
 pub const MAX_ARRAY_DEPTH: u32 = 8;
 
+/// The most arrays nested in other arrays, in the whole file. ggml cannot
+/// read nested arrays at all, and each takes 40 bytes of memory for 12 in
+/// the file; this keeps them to a few MiB.
+pub const MAX_NESTED_ARRAYS: u64 = 1 << 16;
+
 /// The most metadata pairs a file may have. Real files have tens; large
 /// metadata (vocabularies) lives in arrays, which this does not limit.
 pub const MAX_KV_COUNT: u64 = 1 << 16;
@@ -715,6 +720,7 @@ pub fn parse(bytes: &[u8], file_len: u64) -> Result<GgufHeader, FormatError> {
         buf: bytes,
         pos: 0,
         file_len,
+        nested_arrays: 0,
     };
 
     let shown = bytes.get(..MAGIC.len()).unwrap_or(bytes);
@@ -1027,6 +1033,8 @@ struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
     file_len: u64,
+    /// Arrays read so far as elements of other arrays.
+    nested_arrays: u64,
 }
 
 impl<'a> Cursor<'a> {
@@ -1234,6 +1242,14 @@ impl<'a> Cursor<'a> {
             }
             GgufType::String => GgufArray::String(self.strings(count, at)?),
             GgufType::Array => {
+                self.nested_arrays = self.nested_arrays.saturating_add(count);
+                if self.nested_arrays > MAX_NESTED_ARRAYS {
+                    return Err(FormatError::LimitExceeded {
+                        what: format!("{at}: arrays nested in arrays (in the whole file)"),
+                        value: self.nested_arrays,
+                        limit: MAX_NESTED_ARRAYS,
+                    });
+                }
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..count {
                     v.push(self.array_value(at, depth + 1)?);
