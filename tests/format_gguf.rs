@@ -1480,7 +1480,10 @@ fn tensor_infos_match_gguf_py() {
     }
 }
 
-on_both_backends!(tensors_through_the_loader_match_gguf_py);
+on_both_backends!(
+    tensors_through_the_loader_match_gguf_py,
+    a_layer_of_one_empty_tensor_reads_as_nothing,
+);
 
 async fn tensors_through_the_loader_match_gguf_py(backend: Backend) {
     let Some((dir, manifest)) = reference() else {
@@ -1567,4 +1570,32 @@ fn a_gguf_py_file_relabelled_version_2_reads_the_same() {
         let w = model.layer(1).await.unwrap();
         assert_eq!(w.tensors().count(), 5);
     });
+}
+
+/// A layer whose only tensor is empty reads as zero bytes.
+async fn a_layer_of_one_empty_tensor_reads_as_nothing(backend: Backend) {
+    let b = Builder::new()
+        .tensor("blk.0.empty", GgmlType::F32, &[0], &[])
+        .tensor(
+            "output.weight",
+            GgmlType::F32,
+            &[2],
+            &f32_bytes(&[1.0, 2.0]),
+        )
+        .build();
+    let dir = scratch();
+    let path = dir.path().join("empty.gguf");
+    std::fs::write(&path, &b).unwrap();
+    let model = MappedModel::open(&path, config(backend, 1 << 20))
+        .await
+        .unwrap();
+    assert_eq!(model.layer_count(), 2);
+    let empty = model.layer(0).await.unwrap();
+    assert_eq!(empty.bytes().len(), 0);
+    assert_eq!(empty.tensor("blk.0.empty").unwrap().shape(), [0]);
+    let out = model.layer(1).await.unwrap();
+    assert_eq!(
+        out.tensor("output.weight").unwrap().as_f32(),
+        Some(&[1.0f32, 2.0][..])
+    );
 }
