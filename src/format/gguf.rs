@@ -666,8 +666,9 @@ impl GgufHeader {
 /// "general.alignment"`, or `metadata key #3` before the key is read) or the
 /// tensor (`tensor "blk.0.attn_q.weight"`, or `tensor #7`) at fault: bad
 /// magic, version 1 or big-endian files, truncation, over-long keys, names or
-/// metadata, unknown value or tensor types, invalid `BOOL` bytes, arrays
-/// nested too deep, duplicate keys or tensor names, a bad alignment, too many
+/// metadata, more pairs, tensors or nested arrays than the limits allow,
+/// unknown value or tensor types, invalid `BOOL` bytes, arrays nested too
+/// deep, duplicate keys or tensor names, a bad alignment, too many
 /// dimensions, an innermost dimension that is not a whole number of blocks,
 /// element counts or sizes that overflow, offsets that are misaligned, lie
 /// outside the file, or make tensors overlap.
