@@ -2,6 +2,7 @@
 //! its metadata only; each treats the file as hostile.
 
 // Used by the safetensors and GGUF readers, which are being added.
+pub mod gguf;
 #[allow(dead_code)]
 pub mod grouping;
 pub mod tmai;
@@ -30,6 +31,9 @@ pub fn read_index(path: &Path) -> Result<ModelIndex> {
     let n = read_up_to(&mut file, &mut magic).map_err(|e| Error::io(&shared, "read header", e))?;
     if n == tmai::MAGIC.len() && magic == tmai::MAGIC {
         return tmai::read_index(&mut file, &shared, file_len);
+    }
+    if n >= gguf::MAGIC.len() && magic.starts_with(&gguf::MAGIC) {
+        return gguf::read_index(&mut file, &shared, file_len);
     }
     Err(Error::format(
         &shared,
