@@ -1,17 +1,23 @@
 //! `hyperion inspect`: a model's layers and tensors, as a table or JSON.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::Path;
 
 use hyperion::ModelIndex;
 
 pub fn run(file: &Path, json: bool) -> anyhow::Result<()> {
     let index = hyperion::format::read_index(file)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&index))?);
+    let text = if json {
+        serde_json::to_string_pretty(&to_json(&index))? + "\n"
     } else {
-        print_table(&index);
+        table(&index)
+    };
+    // A reader that stops early (`| head`) is not an error.
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
-    Ok(())
 }
 
 fn to_json(index: &ModelIndex) -> serde_json::Value {
@@ -49,15 +55,18 @@ fn to_json(index: &ModelIndex) -> serde_json::Value {
     })
 }
 
-fn print_table(index: &ModelIndex) {
+fn table(index: &ModelIndex) -> String {
+    let mut out = String::new();
     let total: u64 = index.layers.iter().map(|l| l.size).sum();
-    println!(
+    let _ = writeln!(
+        out,
         "format {}, {} layers, {} bytes of weights",
         index.format.name(),
         index.layers.len(),
         total
     );
-    println!(
+    let _ = writeln!(
+        out,
         "{:>6}  {:>14}  {:>12}  {:>4}  {:<16}  tensors",
         "layer", "offset", "size", "bits", "checksum"
     );
@@ -65,7 +74,8 @@ fn print_table(index: &ModelIndex) {
         let checksum = l
             .checksum
             .map_or_else(|| "-".into(), |c| format!("{c:016x}"));
-        println!(
+        let _ = writeln!(
+            out,
             "{i:>6}  {:>14}  {:>12}  {:>4}  {checksum:<16}  {}",
             l.offset(),
             l.size,
@@ -73,10 +83,12 @@ fn print_table(index: &ModelIndex) {
             l.tensors.len()
         );
         for t in l.tensors.iter() {
-            println!(
+            let _ = writeln!(
+                out,
                 "        {} {} {:?} @{} +{}",
                 t.name, t.dtype, t.shape, t.offset, t.len
             );
         }
     }
+    out
 }
