@@ -7,7 +7,7 @@
 //!
 //! Tuning knobs, for measuring the defaults: `CHUNK_MIB` (read_chunk_size),
 //! `DEPTH` (reads_in_flight), `PREFETCH` (prefetch_threads, also the
-//! lookahead), `DIRECT=0` (buffered reads).
+//! lookahead), `DIRECT=0` (buffered reads), `VERIFY=0` (no checksums).
 
 use std::time::Instant;
 
@@ -36,6 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         reads_in_flight: env("DEPTH").map_or(defaults.reads_in_flight, |d| d as usize),
         prefetch_threads: env("PREFETCH").map_or(defaults.prefetch_threads, |p| p as usize),
         direct_io: env("DIRECT") != Some(0),
+        verify_checksums: env("VERIFY") != Some(0),
         ..defaults
     };
     let lookahead = config.prefetch_threads;
