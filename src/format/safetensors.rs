@@ -47,6 +47,11 @@ pub const MAX_HEADER_LEN: u64 = 100_000_000;
 /// The largest shard index (`*.safetensors.index.json`) accepted.
 pub const MAX_INDEX_LEN: u64 = 100_000_000;
 
+/// The deepest nesting of JSON arrays and objects accepted in a header or an
+/// index. A valid header nests 3 deep; the crate's parser stops at 128
+/// levels for known fields but skips unknown ones at any depth.
+pub const MAX_JSON_DEPTH: u64 = 64;
+
 /// The name Hugging Face gives the index of a sharded model.
 pub const INDEX_FILE_NAME: &str = "model.safetensors.index.json";
 
@@ -140,6 +145,7 @@ pub fn parse_header(bytes: &[u8], file_len: u64) -> Result<ParsedHeader, FormatE
         what: "the JSON header".into(),
         valid_up_to: e.valid_up_to() as u64,
     })?;
+    check_depth(text, "the JSON header")?;
     let raw = parse_json_header(text)?;
     if raw.metadata_entries > 1 {
         return Err(FormatError::DuplicateName {
@@ -392,6 +398,45 @@ struct RawHeader {
     tensors: Vec<(String, TensorInfo)>,
 }
 
+/// Refuses JSON nested deeper than [`MAX_JSON_DEPTH`] before it is parsed.
+///
+/// serde_json skips an unknown field without recursion (so at any depth),
+/// while the crate, which buffers the header before it deserializes it,
+/// refuses one nested past 128 levels; refusing deep nesting up front keeps
+/// this reader from accepting a header the crate refuses. Counts brackets
+/// outside strings; malformed JSON is left to the parser.
+fn check_depth(text: &str, what: &str) -> Result<(), FormatError> {
+    let mut depth = 0u64;
+    let (mut in_string, mut escaped) = (false, false);
+    for b in text.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(FormatError::LimitExceeded {
+                        what: format!("the nesting depth of {what}"),
+                        value: depth,
+                        limit: MAX_JSON_DEPTH,
+                    });
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Parses the JSON header; an error names the entry being read.
 fn parse_json_header(text: &str) -> Result<RawHeader, FormatError> {
     let mut current = None;
@@ -511,6 +556,7 @@ pub fn parse_shard_index(bytes: &[u8]) -> Result<ShardIndex, FormatError> {
         what: WHAT.into(),
         valid_up_to: e.valid_up_to() as u64,
     })?;
+    check_depth(text, WHAT)?;
     let mut current = None;
     let mut de = serde_json::Deserializer::from_str(text);
     let parsed = IndexVisitor {
