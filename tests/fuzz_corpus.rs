@@ -377,12 +377,7 @@ fn regenerate_safetensors() {
             st_bytes(
                 &format!(
                     r#"{{"a":{}}}"#,
-                    t(
-                        "U8",
-                        "[18446744073709551610]",
-                        0,
-                        18446744073709551610
-                    )
+                    t("U8", "[18446744073709551610]", 0, 18446744073709551610)
                 ),
                 &[],
             ),
@@ -390,10 +385,7 @@ fn regenerate_safetensors() {
         (
             "bad-shape-overflow",
             st_bytes(
-                &format!(
-                    r#"{{"a":{}}}"#,
-                    t("F32", "[4294967296,4294967296]", 0, 4)
-                ),
+                &format!(r#"{{"a":{}}}"#, t("F32", "[4294967296,4294967296]", 0, 4)),
                 &[0; 4],
             ),
         ),
@@ -415,11 +407,16 @@ fn regenerate_safetensors() {
     let indexes = [
         (
             "index-ok-hf",
-            index(r#""a":"model-00001-of-00002.safetensors","b":"model-00002-of-00002.safetensors""#),
+            index(
+                r#""a":"model-00001-of-00002.safetensors","b":"model-00002-of-00002.safetensors""#,
+            ),
         ),
         ("index-ok-subdir", index(r#""a":"sub/x.safetensors""#)),
         ("index-bad-empty", index("")),
-        ("index-bad-twice", index(r#""a":"x.safetensors","a":"y.safetensors""#)),
+        (
+            "index-bad-twice",
+            index(r#""a":"x.safetensors","a":"y.safetensors""#),
+        ),
         ("index-bad-dotdot", index(r#""a":"../x.safetensors""#)),
         ("index-bad-absolute", index(r#""a":"/etc/passwd""#)),
         ("index-bad-not-string", index(r#""a":7"#)),

@@ -4,9 +4,11 @@
 //! A tensor belongs to block `N` when its name contains a segment
 //! `<container>.N.` whose container is one of [`BLOCK_CONTAINERS`]
 //! (`model.layers.3.mlp.up_proj.weight`, `blk.3.attn_q.weight`,
-//! `transformer.h.3.attn.c_attn.weight`, `encoder.layer.3.output.dense.bias`
-//! …). The layer key is everything up to and including the number, so
-//! `encoder.layer.3` and `decoder.layers.3` are different layers.
+//! `transformer.h.3.attn.c_attn.weight`, `encoder.layer.3.output.dense.bias`,
+//! `transformer.layers.3.attention.wq.weight` …); the first such segment in
+//! the name decides. The layer key is everything up to and including the
+//! number, so `encoder.layer.3` and `decoder.layers.3` are different layers.
+//! `docs/formats.md` ("Layer mapping") states the rules for users.
 //!
 //! Layers are ordered by where their first tensor lies in the files (file,
 //! then offset), so a file's natural order is kept. Every tensor outside a
@@ -157,6 +159,24 @@ mod tests {
                 "model.decoder.layers.2.fc1.weight",
                 Some("model.decoder.layers.2"),
             ),
+            (
+                "transformer.layers.7.attention.wq.weight",
+                Some("transformer.layers.7"),
+            ),
+            (
+                "decoder.layers.0.self_attn.k_proj.weight",
+                Some("decoder.layers.0"),
+            ),
+            // The first container followed by a number decides.
+            (
+                "encoder.block.0.layer.1.DenseReluDense.wi.weight",
+                Some("encoder.block.0"),
+            ),
+            (
+                "model.layers.10.mlp.experts.3.w1.weight",
+                Some("model.layers.10"),
+            ),
+            ("model.layers.x.blk.2.w", Some("model.layers.x.blk.2")),
             ("model.embed_tokens.weight", None),
             ("lm_head.weight", None),
             ("token_embd.weight", None),
