@@ -9,7 +9,7 @@
 //!
 //! Opening reads the length and the header, never the data section. The
 //! header is parsed with the `safetensors` crate's own types ([`TensorInfo`],
-//! [`Dtype`](::safetensors::Dtype)) and checked against the crate's
+//! [`Dtype`]) and checked against the crate's
 //! validation ([`Metadata::new`]); the crate's whole-file entry point
 //! (`SafeTensors::read_metadata`) wants the whole file in memory to compare
 //! its length, so this module does that check, and every other, itself
@@ -18,7 +18,7 @@
 //! twice in one header (the crate keeps the last), and dtypes whose
 //! elements do not fill whole bytes for the given shape.
 //!
-//! Tensors are grouped into layers by [`grouping`](super::grouping); see
+//! Tensors are grouped into layers by [`grouping`]; see
 //! `docs/formats.md`.
 
 use std::collections::{HashMap, HashSet};
