@@ -406,6 +406,23 @@ fn block_names_of_common_architectures_group_into_layers() {
     assert_same("index", &tensors_via_layers(&index), &expected(&tensors));
 }
 
+#[test]
+fn blocks_come_out_in_numeric_order_though_the_writer_sorts_names_as_text() {
+    let mut tensors = vec![tensor("model.embed_tokens.weight", Dtype::F16, &[8])];
+    for l in 0..12 {
+        tensors.push(tensor(&format!("model.layers.{l}.w"), Dtype::F16, &[8]));
+    }
+    let dir = dir();
+    let path = write(dir.path(), "m.safetensors", &serialize(&tensors));
+    let index = read_index(&path).unwrap();
+    let names: Vec<&str> = index.layers.iter().map(|l| l.name.as_str()).collect();
+    let mut want = vec!["model.embed_tokens.weight".to_string()];
+    want.extend((0..12).map(|l| format!("model.layers.{l}")));
+    assert_eq!(names, want);
+    // The file itself has layer 10 before layer 2.
+    assert!(index.layers[3].offset() > index.layers[11].offset());
+}
+
 // --- Sharded models ---------------------------------------------------------------
 
 /// Writes `shards` (file name → tensors) and an index listing every tensor
