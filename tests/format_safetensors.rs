@@ -1143,8 +1143,14 @@ fn attack_shard_index_too_large() {
 // --- The reference writer and a published model, from Python ----------------------
 
 /// The Python of `scripts/python-env.sh`, or `None` (with a message) when the
-/// package registry cannot be reached to create it.
+/// package registry cannot be reached to create it. Runs the script once per
+/// test process.
 fn python() -> Option<PathBuf> {
+    static PYTHON: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(create_python_env).clone()
+}
+
+fn create_python_env() -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("bash")
         .arg(root.join("scripts/python-env.sh"))
