@@ -165,7 +165,8 @@ pub fn parse_header(bytes: &[u8], file_len: u64) -> Result<ParsedHeader, FormatE
     for (name, info) in &raw.tensors {
         tensors.push(check_tensor(name, info, data_start, file_len)?);
     }
-    // Stable, as the crate sorts: by (start, end), header order on ties.
+    // By (start, end), as the crate sorts; ties (empty tensors sharing an
+    // offset) keep the header's order, where the crate's is arbitrary.
     let mut order: Vec<usize> = (0..tensors.len()).collect();
     order.sort_by_key(|&i| (tensors[i].offset, tensors[i].len));
     check_tiling(&order, &tensors, data_start, data_len)?;
