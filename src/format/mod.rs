@@ -1,10 +1,9 @@
 //! File formats: each reader turns a file into a [`ModelIndex`] by reading
 //! its metadata only; each treats the file as hostile.
 
-// Used by the safetensors and GGUF readers, which are being added.
 pub mod gguf;
-#[allow(dead_code)]
 pub mod grouping;
+pub mod safetensors;
 pub mod tmai;
 
 use std::fs::File;
@@ -15,12 +14,20 @@ use std::sync::Arc;
 use crate::error::{Error, FormatError, Result};
 use crate::index::ModelIndex;
 
-/// Reads the metadata of the model file at `path` (format detected from its
-/// first bytes) and returns its index. Reads no layer bytes.
+/// Reads the metadata of the model at `path` and returns its index. Reads no
+/// layer bytes.
+///
+/// The format is detected: a directory or a `.json` file is a sharded
+/// safetensors model (see [`safetensors`]); a file is `.tmai` or GGUF by its
+/// magic number, and safetensors by its name (`*.safetensors`) or its first
+/// bytes (a plausible header length, then `{`).
 ///
 /// This is blocking; [`MappedModel::open`](crate::MappedModel::open) runs it
 /// off the async runtime.
 pub fn read_index(path: &Path) -> Result<ModelIndex> {
+    if safetensors::is_index_path(path) {
+        return safetensors::read_index_at(path);
+    }
     let shared: Arc<Path> = Arc::from(path);
     let mut file = File::open(path).map_err(|e| Error::io(&shared, "open", e))?;
     let file_len = file
@@ -34,6 +41,9 @@ pub fn read_index(path: &Path) -> Result<ModelIndex> {
     }
     if n >= gguf::MAGIC.len() && magic.starts_with(&gguf::MAGIC) {
         return gguf::read_index(&mut file, &shared, file_len);
+    }
+    if safetensors::sniff(&file, path, &magic[..n]) {
+        return safetensors::read_file_index(&mut file, &shared, file_len);
     }
     Err(Error::format(
         &shared,
