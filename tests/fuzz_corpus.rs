@@ -2,7 +2,9 @@
 //! parsers in a plain `cargo test`, with the checks of the fuzz targets: no
 //! panic, and for safetensors, agreement with the `safetensors` crate. Files
 //! named `ok-*` must parse and `bad-*` must not (for safetensors headers),
-//! `index-ok-*` / `index-bad-*` likewise for shard indexes.
+//! `index-ok-*` / `index-bad-*` likewise for shard indexes; GGUF seeds named
+//! `ok-*` must parse, `truncated-*` and `big-endian*` must not (they were made
+//! from a gguf-py file by `tests/python`-style truncation and bit flips).
 //!
 //! `cargo test --release --test fuzz_corpus -- --ignored regenerate` rewrites
 //! the seed files from the code below (valid minimal files and one file per
@@ -42,6 +44,22 @@ fn tmai_corpus_replays() {
             assert!(result.is_ok(), "{name}: {result:?}");
         } else if name.starts_with("bad-") {
             assert!(result.is_err(), "{name} parsed");
+        }
+    }
+}
+
+#[test]
+fn gguf_corpus_replays() {
+    let files = corpus("gguf");
+    assert!(files.len() >= 20, "{} files", files.len());
+    for (name, data) in files {
+        // As the fuzz target does: as a whole file, and as a prefix.
+        let whole = hyperion::format::gguf::parse(&data, data.len() as u64);
+        let _ = hyperion::format::gguf::parse(&data, u64::MAX);
+        if name.starts_with("ok-") {
+            assert!(whole.is_ok(), "{name}: {:?}", whole.err());
+        } else if name.starts_with("truncated-") || name.starts_with("big-endian") {
+            assert!(whole.is_err(), "{name} must be refused");
         }
     }
 }

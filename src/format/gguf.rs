@@ -1,6 +1,6 @@
 //! GGUF, versions 2 and 3, little-endian: the model file of ggml and llama.cpp.
 //!
-//! The specification is ggml's `docs/gguf.md`; `docs/formats-gguf.md` says
+//! The specification is ggml's `docs/gguf.md`; `docs/formats.md` (GGUF) says
 //! what Hyperion reads from it and what it refuses. This module is the reader:
 //! [`parse`] validates everything before the tensor data of a file held in
 //! memory (pure, and the fuzz target's entry point); [`read_header`] and
