@@ -225,3 +225,83 @@ fn verify_tensor_and_convert_read_through_the_loader() {
         "{err}"
     );
 }
+
+/// Every tensor of `a` and `b`, by name: dtype, shape and bytes, read
+/// through the loader.
+fn tensors_of(path: &std::path::Path) -> Vec<(String, String, Vec<u64>, Vec<u8>)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let model = hyperion::MappedModel::open(path, hyperion::MmapConfig::default())
+            .await
+            .unwrap();
+        let mut all = Vec::new();
+        for i in 0..model.layer_count() {
+            let w = model.layer(i).await.unwrap();
+            for t in w.tensors() {
+                all.push((
+                    t.name().to_string(),
+                    t.dtype().to_string(),
+                    t.shape().to_vec(),
+                    t.bytes().to_vec(),
+                ));
+            }
+        }
+        all.sort();
+        all
+    })
+}
+
+#[test]
+fn convert_keeps_every_tensor_of_safetensors_and_gguf_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // A GGUF file written by gguf-py (committed as a fuzz seed), and a
+    // safetensors file written by the safetensors crate.
+    let gguf =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/gguf/ok-small.gguf");
+    let st = dir.path().join("model.safetensors");
+    let data: Vec<Vec<u8>> = (0..5u8)
+        .map(|i| (0..(64 * (i as usize + 1))).map(|b| b as u8 ^ i).collect())
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let name = if i == 4 {
+                "lm_head.weight".to_string()
+            } else {
+                format!("model.layers.{}.w{i}", i / 2)
+            };
+            (
+                name,
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![d.len() / 4], d)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &st).unwrap();
+
+    for source in [gguf, st] {
+        let out = dir.path().join("converted.tmai");
+        let status = hyperion()
+            .arg("convert")
+            .arg(&source)
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let (a, b) = (tensors_of(&source), tensors_of(&out));
+        assert!(!a.is_empty());
+        assert_eq!(a, b, "{}: converted tensors differ", source.display());
+        assert_eq!(
+            hyperion::format::read_index(&source).unwrap().layers.len(),
+            hyperion::format::read_index(&out).unwrap().layers.len()
+        );
+    }
+}
