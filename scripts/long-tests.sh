@@ -3,4 +3,4 @@
 # run): 1000 tasks × 100 random operations per backend, and so on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-HYPERION_LONG=1 cargo test --release --test load -- --nocapture
+HYPERION_LONG=1 cargo test --release --all-features --test load --test cancellation -- --nocapture
