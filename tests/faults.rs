@@ -59,6 +59,10 @@ async fn run(backend: Backend, plan: FaultPlan, chunk: u64) -> (usize, usize, Ar
     let watcher = model.clone();
     model.close();
     eventually("memory returns to zero", || watcher.memory_usage() == 0).await;
+    println!(
+        "{backend:?}: {} faults injected; {ok} fetches exact, {failed} typed errors",
+        plan.injected()
+    );
     (ok, failed, plan)
 }
 
