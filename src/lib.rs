@@ -8,6 +8,7 @@ mod cache;
 pub mod config;
 pub mod dtype;
 pub mod error;
+pub mod ffi;
 pub mod format;
 mod ggml;
 pub mod index;
