@@ -735,3 +735,48 @@ pub extern "C" fn hyperionLastError() -> *const c_char {
     })
     .unwrap_or(ptr::null())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last_error() -> Option<String> {
+        let p = hyperionLastError();
+        // SAFETY: non-NULL means a NUL-terminated string owned by this thread.
+        (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn a_panic_becomes_the_fallback_and_a_last_error() {
+        let out = boundary("hyperionTest", -1, || -> Result<i32, FfiError> {
+            panic!("boom {}", 42)
+        });
+        assert_eq!(out, -1);
+        let err = last_error().unwrap();
+        assert!(err.contains("hyperionTest") && err.contains("panic") && err.contains("boom 42"));
+        assert_eq!(boundary("hyperionTest", -1, || Ok(7)), 7);
+        assert_eq!(last_error(), None);
+    }
+
+    #[test]
+    fn nul_bytes_in_messages_do_not_truncate_them() {
+        boundary("hyperionTest", (), || Err(FfiError::new("a\0b")));
+        assert_eq!(last_error().unwrap(), "hyperionTest: a\\0b");
+    }
+
+    #[test]
+    fn block_on_finishes_pending_futures_on_the_internal_runtime() {
+        let out = block_on(async {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            std::thread::current().name().map(str::to_owned)
+        })
+        .ok()
+        .flatten();
+        assert_eq!(out.as_deref(), Some("hyperion-c"));
+        assert_eq!(
+            block_on(async { 5 }).ok(),
+            Some(5),
+            "ready futures finish in place"
+        );
+    }
+}
