@@ -469,8 +469,18 @@ fn store_descriptor(
 /// Returns the default configuration (`MmapConfig::default()`'s values).
 #[no_mangle]
 pub extern "C" fn hyperionCreateDefaultMmapConfig() -> HyperionMmapConfig {
-    let default = HyperionMmapConfig::from(&MmapConfig::default());
-    boundary("hyperionCreateDefaultMmapConfig", default, || Ok(default))
+    // Returned only if computing the defaults panicked: the same values with
+    // the smallest default budget.
+    let fallback = HyperionMmapConfig {
+        maxCacheSize: 256 << 20,
+        prefetchEnabled: true,
+        prefetchThreads: 2,
+        adaptiveCaching: false,
+        minLayerCacheSize: 4096,
+    };
+    boundary("hyperionCreateDefaultMmapConfig", fallback, || {
+        Ok(HyperionMmapConfig::from(&MmapConfig::default()))
+    })
 }
 
 /// Opens the model file at `filepath` (any format [`MappedModel::open`]
@@ -502,8 +512,8 @@ pub unsafe extern "C" fn hyperionOpenMappedModel(
         } else {
             // SAFETY: the caller promises `config` points to a readable
             // `HyperionMmapConfig`; `RawMmapConfig` has the same size and field
-            // offsets (asserted at compile time) and every bit pattern is valid
-            // for it (bools are read as bytes). `read_unaligned` does not need
+            // offsets (asserted at compile time), and any initialized bytes are
+            // a valid value of it (its bools are read as plain bytes). `read_unaligned` does not need
             // the pointer to be aligned.
             unsafe { config.cast::<RawMmapConfig>().read_unaligned() }.to_config()?
         };
