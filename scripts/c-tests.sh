@@ -73,8 +73,8 @@ warn=(-Wall -Wextra -Wpedantic -Werror)
 
 run build cargo build --release
 run install env HYPERION_SKIP_BUILD=1 scripts/install-c.sh "$prefix"
-if ! pkg-config --exists hyperion; then
-    echo "FAIL pkg-config cannot find hyperion.pc; the remaining tests need it"
+if [ "$failed" != 0 ] || ! pkg-config --exists hyperion; then
+    echo "c-tests: no library or hyperion.pc to test; stopping"
     echo "$passed passed, $((failed + 1)) failed"
     exit 1
 fi

@@ -432,6 +432,15 @@ thread_local! {
     static DESCRIPTORS: RefCell<Vec<DescriptorTable>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Frees the tables of closed models: their pointers are dead.
+fn prune(tables: &mut Vec<DescriptorTable>) {
+    tables.retain(|(model, _)| model.strong_count() > 0);
+}
+
+fn prune_descriptor_tables() {
+    let _ = DESCRIPTORS.try_with(|tables| prune(&mut tables.borrow_mut()));
+}
+
 /// Stores `value` in this thread's table for `state` and returns its address,
 /// stable until the model is closed or the thread exits.
 fn store_descriptor(
@@ -442,8 +451,7 @@ fn store_descriptor(
     DESCRIPTORS
         .try_with(|tables| {
             let mut tables = tables.borrow_mut();
-            // Tables of closed models: their pointers are dead, free them.
-            tables.retain(|(model, _)| model.strong_count() > 0);
+            prune(&mut tables);
             let at = match tables
                 .iter()
                 .position(|(model, _)| ptr::eq(model.as_ptr(), Arc::as_ptr(state)))
@@ -548,6 +556,10 @@ pub extern "C" fn hyperionCloseMappedModel(model: *mut HyperionMappedModel) {
         // Take the held weights out under each lock, drop them after.
         let held: Vec<LayerWeights> = state.held.iter().filter_map(|h| h.lock().take()).collect();
         drop(held);
+        drop(state);
+        // This thread's descriptors of the model can go now; other threads
+        // free theirs on their next call, or when they exit.
+        prune_descriptor_tables();
         Ok(())
     })
 }
