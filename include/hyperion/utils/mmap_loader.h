@@ -31,7 +31,8 @@
  *   The functions may be called from inside an async runtime (a tokio task,
  *   a callback on an event-loop thread): the blocking ones wait on an
  *   internal runtime without deadlocking the caller's. Do not call them in
- *   the child of a fork() made after the first call.
+ *   the child of a fork() made after the first call, and do not dlclose()
+ *   the library once used: its internal threads keep running.
  *
  * ERRORS
  *   Every function except hyperionLastError() clears the calling thread's
