@@ -519,10 +519,10 @@ pub unsafe extern "C" fn hyperionOpenMappedModel(
             MmapConfig::default()
         } else {
             // SAFETY: the caller promises `config` points to a readable
-            // `HyperionMmapConfig`; `RawMmapConfig` has the same size and field
-            // offsets (asserted at compile time), and any initialized bytes are
-            // a valid value of it (its bools are read as plain bytes). `read_unaligned` does not need
-            // the pointer to be aligned.
+            // `HyperionMmapConfig`; `RawMmapConfig` has the same size and
+            // field offsets (asserted at compile time), and any initialized
+            // bytes are a valid value of it (its bools are read as plain
+            // bytes). `read_unaligned` does not need the pointer aligned.
             unsafe { config.cast::<RawMmapConfig>().read_unaligned() }.to_config()?
         };
         let model = block_on(MappedModel::open(path, config))??;
@@ -691,7 +691,7 @@ pub extern "C" fn hyperionPrefetchLayerWeights(
 }
 
 /// Lets go of layer `layerIndex`: the pointer returned for it becomes
-/// invalid, and its memory is freed (or kept cached) no longer.
+/// invalid, and the loader drops its cached copy, freeing the memory.
 #[no_mangle]
 pub extern "C" fn hyperionReleaseLayerWeights(model: *mut HyperionMappedModel, layerIndex: c_int) {
     boundary("hyperionReleaseLayerWeights", (), || {
