@@ -12,6 +12,7 @@ pub mod error;
 pub mod faults;
 #[cfg(not(feature = "fault-injection"))]
 mod faults;
+pub mod ffi;
 pub mod format;
 mod ggml;
 pub mod index;
