@@ -14,6 +14,7 @@ pub mod index;
 mod io;
 mod model;
 pub mod pagecache;
+pub mod policy;
 mod stats;
 pub mod synth;
 mod verify;
