@@ -2,6 +2,7 @@
 
 mod demo;
 mod inspect;
+mod simulate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +50,9 @@ enum Command {
         /// The model file.
         file: PathBuf,
     },
+    /// Replay an access trace through the eviction policies and compare
+    /// their hit rates with Belady's optimum.
+    Simulate(simulate::Args),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
             hyperion::synth::write(&out, &spec).map_err(Into::into)
         }
         Some(Command::Inspect { json, file }) => inspect::run(&file, json),
+        Some(Command::Simulate(args)) => simulate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
