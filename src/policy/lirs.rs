@@ -119,6 +119,9 @@ impl Lirs {
                 } else {
                     self.s.push_back(x);
                     self.q.move_to_back(x);
+                    // Only prunes when `s` holds no LIR layer at all (a
+                    // capacity of one entry, or every LIR layer removed).
+                    self.prune();
                 }
             }
             (Status::Hir, false) => {
