@@ -154,7 +154,7 @@ fn load_trace(args: &Args) -> anyhow::Result<(Vec<usize>, usize)> {
         file => {
             let path = PathBuf::from(file);
             let trace = traces::from_file(&path)
-                .with_context(|| format!("reading the trace {}", path.display()))?;
+                .map_err(|e| anyhow::anyhow!("reading the trace {}: {e}", path.display()))?;
             let needed = trace.iter().max().map_or(0, |m| m + 1);
             let n = args.layers.unwrap_or(needed);
             (trace, n)
