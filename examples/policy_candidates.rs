@@ -9,13 +9,18 @@
 //! cargo run --release --example policy_candidates -- 1024    # other sizes
 //! ```
 //!
+//! A second table runs cyclic passes with sequential prefetching through the
+//! crate's [`Policy`], the way the loader uses it: the layer being computed
+//! is held, the next `k` layers are prefetched, and a prefetch never evicts
+//! a prefetched layer not used yet (the cache's rule).
+//!
 //! The textbook designs are classic caches (they admit and evict by
 //! themselves, every entry the same size), kept as simple as possible: linear
 //! searches in short vectors, exact per-layer counters instead of a sketch.
 
 use std::collections::VecDeque;
 
-use hyperion::policy::{belady, simulate, simulate_with, traces, PolicyKind, Replay};
+use hyperion::policy::{belady, simulate, simulate_with, traces, Policy, PolicyKind, Replay};
 
 /// A cache simulation that decides residency by itself.
 trait Cache {
@@ -342,6 +347,92 @@ fn run(cache: &mut dyn Cache, trace: &[usize]) -> f64 {
     hits as f64 / trace.len() as f64
 }
 
+/// How a prefetch picks its victim in [`lookahead`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Prefetch {
+    /// `Policy::victim`, like a fetch.
+    Victim,
+    /// `Policy::speculative_victim`, with a prefetch reserve of `k`.
+    Speculative,
+}
+
+/// `passes` passes over `n` layers with `c` slots, prefetching `k` layers
+/// ahead; returns (demand misses, reads) per pass, averaged over the passes
+/// after the first.
+fn lookahead(kind: PolicyKind, n: usize, c: usize, k: usize, how: Prefetch) -> (f64, f64) {
+    let passes = 20;
+    let mut policy = Policy::new(kind, n);
+    if how == Prefetch::Speculative {
+        policy.set_prefetch_reserve(k);
+    }
+    let mut unused = vec![false; n];
+    let (mut misses, mut reads) = (0usize, 0usize);
+    for pass in 0..passes {
+        for i in 0..n {
+            let counted = pass > 0;
+            policy.on_access(i);
+            unused[i] = false;
+            if !policy.is_resident(i) {
+                while policy.resident_count() >= c {
+                    let v = policy.victim(|_| true, |_| 0.0).expect("nothing held");
+                    policy.on_remove(v);
+                    unused[v] = false;
+                }
+                policy.on_insert(i);
+                misses += counted as usize;
+                reads += counted as usize;
+            }
+            // Layer i is held while the next k layers are prefetched.
+            for x in (i + 1..=i + k).map(|x| x % n) {
+                if policy.is_resident(x) || x == i {
+                    continue;
+                }
+                let mut room = true;
+                while room && policy.resident_count() >= c {
+                    let candidate = |l: usize| l != i && !unused[l];
+                    let v = match how {
+                        Prefetch::Victim => policy.victim(candidate, |_| 0.0),
+                        Prefetch::Speculative => policy.speculative_victim(candidate, |_| 0.0),
+                    };
+                    match v {
+                        Some(v) => policy.on_remove(v),
+                        None => room = false,
+                    }
+                }
+                if room {
+                    policy.on_insert(x);
+                    unused[x] = true;
+                    reads += counted as usize;
+                }
+            }
+        }
+    }
+    let per_pass = |x: usize| x as f64 / (passes - 1) as f64;
+    (per_pass(misses), per_pass(reads))
+}
+
+fn lookahead_table() {
+    println!();
+    println!("Cyclic passes with prefetching k layers ahead: demand misses / reads, per pass");
+    println!();
+    println!("| N | C | k | LRU | adaptive, prefetch by victim | adaptive, speculative_victim + reserve k |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (n, c) in [(64, 16), (64, 32)] {
+        for k in [0, 1, 2, 4] {
+            let cell = |(m, r): (f64, f64)| format!("{m:.1} / {r:.1}");
+            let lru = lookahead(PolicyKind::Lru, n, c, k, Prefetch::Victim);
+            let ada = lookahead(PolicyKind::Adaptive, n, c, k, Prefetch::Victim);
+            let spec = lookahead(PolicyKind::Adaptive, n, c, k, Prefetch::Speculative);
+            println!(
+                "| {n} | {c} | {k} | {} | {} | {} |",
+                cell(lru),
+                cell(ada),
+                cell(spec)
+            );
+        }
+    }
+}
+
 fn main() {
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
@@ -384,4 +475,5 @@ fn main() {
             }
         }
     }
+    lookahead_table();
 }

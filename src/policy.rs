@@ -113,6 +113,8 @@ pub struct Policy {
     /// The layer of the latest access, to count repeats once.
     last_access: Option<usize>,
     capacity_hint: Option<usize>,
+    /// Entries kept unprotected for prefetched layers.
+    prefetch_reserve: usize,
     /// Resident entries seen when the current run of evictions began.
     observed_capacity: Option<usize>,
     /// Set by `victim`, cleared by `on_insert`: later victims of one run of
@@ -131,6 +133,7 @@ impl Policy {
             duel: None,
             last_access: None,
             capacity_hint: None,
+            prefetch_reserve: 0,
             observed_capacity: None,
             evicting: false,
         }
@@ -178,6 +181,18 @@ impl Policy {
     /// Only [`PolicyKind::Adaptive`] uses it (to size its protected set).
     pub fn set_capacity_hint(&mut self, entries: Option<usize>) {
         self.capacity_hint = entries;
+        self.apply_capacity();
+    }
+
+    /// Leaves `entries` more resident entries unprotected, for layers read
+    /// ahead of use: set it to the prefetch lookahead. By default (0) the
+    /// adaptive policy protects all but 1% of the capacity (at least one
+    /// entry, which is typically the layer in use), so a speculative read,
+    /// which may not evict a protected layer (see
+    /// [`Policy::speculative_victim`]), rarely finds room. Only
+    /// [`PolicyKind::Adaptive`] uses it.
+    pub fn set_prefetch_reserve(&mut self, entries: usize) {
+        self.prefetch_reserve = entries;
         self.apply_capacity();
     }
 
@@ -232,14 +247,39 @@ impl Policy {
         candidate: impl Fn(usize) -> bool,
         priority: impl Fn(usize) -> f32,
     ) -> Option<usize> {
+        self.observe_capacity();
+        match (&self.lirs, self.expert()) {
+            (Some(lirs), Expert::Lirs) => lowest(lirs.eviction_order(), candidate, priority),
+            _ => lowest(self.lru.iter(), candidate, priority),
+        }
+    }
+
+    /// [`Policy::victim`] for a speculative read (a prefetch): the same,
+    /// except that while the adaptive policy follows LIRS it never offers a
+    /// protected layer, and returns `None` when only protected layers are
+    /// candidates. A read that may never be used should not push out a layer
+    /// the policy knows is reused; the cache skips the prefetch instead. Give
+    /// the policy a [`prefetch reserve`](Policy::set_prefetch_reserve) as
+    /// deep as the lookahead, so that prefetches find unprotected room.
+    pub fn speculative_victim(
+        &mut self,
+        candidate: impl Fn(usize) -> bool,
+        priority: impl Fn(usize) -> f32,
+    ) -> Option<usize> {
+        self.observe_capacity();
+        match (&self.lirs, self.expert()) {
+            (Some(lirs), Expert::Lirs) => lowest(lirs.unprotected_order(), candidate, priority),
+            _ => lowest(self.lru.iter(), candidate, priority),
+        }
+    }
+
+    /// At the first victim after an insertion: the resident count is the
+    /// capacity (see [`Policy::capacity`]).
+    fn observe_capacity(&mut self) {
         if !self.evicting {
             self.evicting = true;
             self.observed_capacity = Some(self.lru.len());
             self.apply_capacity();
-        }
-        match (&self.lirs, self.expert()) {
-            (Some(lirs), Expert::Lirs) => lowest(lirs.eviction_order(), candidate, priority),
-            _ => lowest(self.lru.iter(), candidate, priority),
         }
     }
 
@@ -263,7 +303,7 @@ impl Policy {
         let Some(lirs) = &mut self.lirs else {
             return;
         };
-        lirs.set_capacity(capacity);
+        lirs.set_capacity(capacity, self.prefetch_reserve);
         match (&mut self.duel, capacity) {
             (Some(duel), Some(c)) => duel.set_capacity(c),
             (None, Some(c)) => self.duel = Some(Duel::new(c, lirs.clone(), self.lru.clone())),

@@ -39,7 +39,13 @@ enum Op {
         mask: u32,
         priorities: Vec<i8>,
     },
+    /// `speculative_victim`, with the same arguments as `Victim`.
+    Speculative {
+        mask: u32,
+        priorities: Vec<i8>,
+    },
     Hint(Option<usize>),
+    Reserve(usize),
 }
 
 fn op(layers: usize) -> impl Strategy<Value = Op> {
@@ -49,7 +55,10 @@ fn op(layers: usize) -> impl Strategy<Value = Op> {
         1 => (0..layers).prop_map(Op::Remove),
         2 => (any::<u32>(), prop::collection::vec(-2i8..3, layers))
             .prop_map(|(mask, priorities)| Op::Victim { mask, priorities }),
+        1 => (any::<u32>(), prop::collection::vec(-2i8..3, layers))
+            .prop_map(|(mask, priorities)| Op::Speculative { mask, priorities }),
         1 => prop::option::of(0..layers + 2).prop_map(Op::Hint),
+        1 => (0..4usize).prop_map(Op::Reserve),
     ]
 }
 
@@ -75,47 +84,12 @@ fn drive(kind: PolicyKind, layers: usize, ops: &[Op]) -> Result<(), TestCaseErro
                 resident.remove(l);
             }
             Op::Hint(h) => policy.set_capacity_hint(*h),
+            Op::Reserve(r) => policy.set_prefetch_reserve(*r),
             Op::Victim { mask, priorities } => {
-                let is_candidate = |l: usize| mask & (1 << l) != 0;
-                let asked = RefCell::new(Vec::new());
-                let prioritised = RefCell::new(Vec::new());
-                let victim = policy.victim(
-                    |l| {
-                        asked.borrow_mut().push(l);
-                        is_candidate(l)
-                    },
-                    |l| {
-                        prioritised.borrow_mut().push(l);
-                        f32::from(priorities[l])
-                    },
-                );
-                let asked = asked.into_inner();
-                let prioritised = prioritised.into_inner();
-                // Only resident layers are offered, each once.
-                let asked_set: BTreeSet<usize> = asked.iter().copied().collect();
-                prop_assert_eq!(asked.len(), asked_set.len(), "a layer asked twice");
-                prop_assert_eq!(&asked_set, &resident, "step {}: asked {:?}", step, asked);
-                let prioritised_set: BTreeSet<usize> = prioritised.iter().copied().collect();
-                prop_assert_eq!(prioritised.len(), prioritised_set.len());
-                prop_assert!(prioritised.iter().all(|&l| is_candidate(l)));
-                let candidates: Vec<usize> = resident
-                    .iter()
-                    .copied()
-                    .filter(|&l| is_candidate(l))
-                    .collect();
-                match victim {
-                    None => prop_assert!(candidates.is_empty(), "step {}: no victim", step),
-                    Some(v) => {
-                        prop_assert!(
-                            candidates.contains(&v),
-                            "step {}: {} not a candidate",
-                            step,
-                            v
-                        );
-                        let lowest = candidates.iter().map(|&l| priorities[l]).min().unwrap();
-                        prop_assert_eq!(priorities[v], lowest, "step {}: priority ignored", step);
-                    }
-                }
+                check_victim(&mut policy, &resident, *mask, priorities, false, step)?;
+            }
+            Op::Speculative { mask, priorities } => {
+                check_victim(&mut policy, &resident, *mask, priorities, true, step)?;
             }
         }
         if let Err(e) = policy.validate() {
@@ -125,6 +99,79 @@ fn drive(kind: PolicyKind, layers: usize, ops: &[Op]) -> Result<(), TestCaseErro
         for l in 0..layers {
             prop_assert_eq!(policy.is_resident(l), resident.contains(&l));
             prop_assert!(!policy.is_protected(l) || resident.contains(&l));
+        }
+    }
+    Ok(())
+}
+
+/// Calls `victim` (or `speculative_victim`) with the filter `mask` and the
+/// given priorities, and checks the answer: only resident layers are
+/// offered, each once; the victim is a candidate of the lowest priority among
+/// the candidates it may choose from (for a speculative victim while the
+/// policy follows LIRS: the unprotected ones); `None` only if there is none.
+fn check_victim(
+    policy: &mut Policy,
+    resident: &BTreeSet<usize>,
+    mask: u32,
+    priorities: &[i8],
+    speculative: bool,
+    step: usize,
+) -> Result<(), TestCaseError> {
+    let is_candidate = |l: usize| mask & (1 << l) != 0;
+    let asked = RefCell::new(Vec::new());
+    let prioritised = RefCell::new(Vec::new());
+    let filter = |l| {
+        asked.borrow_mut().push(l);
+        is_candidate(l)
+    };
+    let priority = |l: usize| {
+        prioritised.borrow_mut().push(l);
+        f32::from(priorities[l])
+    };
+    let victim = if speculative {
+        policy.speculative_victim(filter, priority)
+    } else {
+        policy.victim(filter, priority)
+    };
+    let asked = asked.into_inner();
+    let prioritised = prioritised.into_inner();
+    let asked_set: BTreeSet<usize> = asked.iter().copied().collect();
+    prop_assert_eq!(
+        asked.len(),
+        asked_set.len(),
+        "step {}: a layer asked twice",
+        step
+    );
+    prop_assert!(
+        asked_set.is_subset(resident),
+        "step {}: asked {:?}",
+        step,
+        asked
+    );
+    let prioritised_set: BTreeSet<usize> = prioritised.iter().copied().collect();
+    prop_assert_eq!(prioritised.len(), prioritised_set.len());
+    prop_assert!(prioritised.iter().all(|&l| is_candidate(l)));
+    let spare_protected = speculative && !policy.follows_lru();
+    let eligible: Vec<usize> = resident
+        .iter()
+        .copied()
+        .filter(|&l| is_candidate(l) && !(spare_protected && policy.is_protected(l)))
+        .collect();
+    if !spare_protected {
+        // A plain victim (or LRU's) considers every resident layer.
+        prop_assert_eq!(&asked_set, resident, "step {}: asked {:?}", step, asked);
+    }
+    match victim {
+        None => prop_assert!(
+            eligible.is_empty(),
+            "step {}: no victim among {:?}",
+            step,
+            eligible
+        ),
+        Some(v) => {
+            prop_assert!(eligible.contains(&v), "step {}: {} not eligible", step, v);
+            let lowest = eligible.iter().map(|&l| priorities[l]).min().unwrap();
+            prop_assert_eq!(priorities[v], lowest, "step {}: priority ignored", step);
         }
     }
     Ok(())
@@ -293,7 +340,14 @@ fn cyclic_passes_keep_a_stable_protected_set() {
 
 #[test]
 fn cyclic_half_capacity_and_other_sizes_stay_near_belady() {
-    for (layers, capacity) in [(16, 4), (64, 32), (256, 64), (256, 128), (1000, 250), (100, 99)] {
+    for (layers, capacity) in [
+        (16, 4),
+        (64, 32),
+        (256, 64),
+        (256, 128),
+        (1000, 250),
+        (100, 99),
+    ] {
         let trace = traces::cyclic(layers, 20);
         let best = rate(belady(&trace, capacity));
         let adaptive = rate(simulate(PolicyKind::Adaptive, &trace, layers, capacity));
@@ -443,6 +497,69 @@ fn the_adaptive_policy_prefers_unprotected_layers_and_falls_back_when_they_are_h
     // The unprotected layer is held: a protected one goes instead.
     let v = policy.victim(|l| l != unprotected[0], |_| 0.0).unwrap();
     assert!(policy.is_protected(v));
+}
+
+/// Passes over `n` layers with `c` slots, prefetching `k` layers ahead as
+/// the loader does (the layer in use is held; a prefetch never evicts a
+/// prefetched layer not used yet), prefetches evicting by
+/// `speculative_victim` with a reserve of `k`. Returns the demand misses and
+/// the reads of each pass.
+fn passes_with_lookahead(n: usize, c: usize, k: usize, passes: usize) -> Vec<(usize, usize)> {
+    let mut policy = Policy::new(PolicyKind::Adaptive, n);
+    policy.set_prefetch_reserve(k);
+    let mut unused = vec![false; n];
+    let mut out = Vec::new();
+    for _ in 0..passes {
+        let (mut misses, mut reads) = (0, 0);
+        for i in 0..n {
+            policy.on_access(i);
+            unused[i] = false;
+            if !policy.is_resident(i) {
+                while policy.resident_count() >= c {
+                    let v = policy.victim(|_| true, |_| 0.0).unwrap();
+                    policy.on_remove(v);
+                    unused[v] = false;
+                }
+                policy.on_insert(i);
+                misses += 1;
+                reads += 1;
+            }
+            for x in (i + 1..=i + k).map(|x| x % n) {
+                if policy.is_resident(x) {
+                    continue;
+                }
+                let mut room = true;
+                while room && policy.resident_count() >= c {
+                    match policy.speculative_victim(|l| l != i && !unused[l], |_| 0.0) {
+                        Some(v) => policy.on_remove(v),
+                        None => room = false,
+                    }
+                }
+                if room {
+                    policy.on_insert(x);
+                    unused[x] = true;
+                    reads += 1;
+                }
+            }
+            policy.validate().unwrap();
+        }
+        out.push((misses, reads));
+    }
+    out
+}
+
+#[test]
+fn prefetching_ahead_with_a_reserve_hides_every_read_and_keeps_the_protected_set() {
+    let (n, c) = (64, 16);
+    for k in [1, 2, 4] {
+        let passes = passes_with_lookahead(n, c, k, 6);
+        // After the first pass: no demand miss, and only the layers outside
+        // the c − 1 − k protected ones are read (LRU reads all n).
+        for &(misses, reads) in &passes[1..] {
+            assert_eq!(misses, 0, "k {k}: {passes:?}");
+            assert_eq!(reads, n - (c - 1 - k), "k {k}: {passes:?}");
+        }
+    }
 }
 
 #[test]

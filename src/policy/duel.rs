@@ -44,7 +44,7 @@ impl Duel {
     /// (`lirs`, `lru`), so they need no warm-up.
     pub(crate) fn new(capacity: usize, mut lirs: Lirs, mut lru: List) -> Self {
         let capacity = capacity.max(1);
-        lirs.set_capacity(Some(capacity));
+        lirs.set_capacity(Some(capacity), 0);
         shrink_lirs(&mut lirs, capacity);
         while lru.len() > capacity {
             lru.pop_front();
@@ -66,7 +66,7 @@ impl Duel {
         let capacity = capacity.max(1);
         if capacity != self.capacity {
             self.capacity = capacity;
-            self.lirs.set_capacity(Some(capacity));
+            self.lirs.set_capacity(Some(capacity), 0);
             shrink_lirs(&mut self.lirs, capacity);
             while self.lru.len() > capacity {
                 self.lru.pop_front();

@@ -89,10 +89,13 @@ impl Lirs {
         self.status[x] == Status::Lir
     }
 
-    /// Sets the capacity in entries (`None`: unknown, no LIR limit) and
-    /// demotes LIR layers beyond the new limit.
-    pub(crate) fn set_capacity(&mut self, entries: Option<usize>) {
-        self.lir_target = entries.map_or(usize::MAX, |c| c.saturating_sub(hir_share(c)));
+    /// Sets the capacity in entries (`None`: unknown, no LIR limit) and how
+    /// many entries to leave to HIR layers on top of the paper's 1%
+    /// (`reserve`), and demotes LIR layers beyond the new limit.
+    pub(crate) fn set_capacity(&mut self, entries: Option<usize>, reserve: usize) {
+        self.lir_target = entries.map_or(usize::MAX, |c| {
+            c.saturating_sub(hir_share(c).saturating_add(reserve))
+        });
         self.rebalance();
     }
 
@@ -174,6 +177,12 @@ impl Lirs {
         self.q
             .iter()
             .chain(self.s.iter().filter(|&x| self.status[x] == Status::Lir))
+    }
+
+    /// Resident HIR layers, oldest first: the unprotected part of
+    /// [`Self::eviction_order`].
+    pub(crate) fn unprotected_order(&self) -> impl Iterator<Item = usize> + '_ {
+        self.q.iter()
     }
 
     /// The first layer of [`Self::eviction_order`], in O(1).
@@ -270,7 +279,7 @@ mod tests {
     /// A LIRS cache of `cap` entries driven by itself, as in the paper.
     fn run(trace: &[usize], n: usize, cap: usize) -> (Lirs, Vec<bool>) {
         let mut l = Lirs::new(n);
-        l.set_capacity(Some(cap));
+        l.set_capacity(Some(cap), 0);
         let mut hits = Vec::new();
         for &x in trace {
             let hit = l.is_resident(x);
@@ -307,7 +316,7 @@ mod tests {
         let mut states = Vec::new();
         for insert_first in [false, true] {
             let mut l = Lirs::new(4);
-            l.set_capacity(Some(3));
+            l.set_capacity(Some(3), 0);
             // 0 and 1 fill the LIR set (target 2), 2 is resident HIR.
             for x in [0, 1, 2] {
                 l.access(x);
@@ -336,8 +345,8 @@ mod tests {
     fn repeated_accesses_count_once() {
         let mut a = Lirs::new(6);
         let mut b = Lirs::new(6);
-        a.set_capacity(Some(3));
-        b.set_capacity(Some(3));
+        a.set_capacity(Some(3), 0);
+        b.set_capacity(Some(3), 0);
         for x in [0, 1, 2, 3, 3, 3, 4, 0, 0] {
             for l in [&mut a, &mut b] {
                 if !l.is_resident(x) {
