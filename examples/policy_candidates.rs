@@ -444,9 +444,9 @@ fn main() {
         sizes
     };
     println!(
-        "| trace | N | C | Belady | LRU | adaptive | adaptive, batched | ARC | S3-FIFO | W-TinyLFU 1% | W-TinyLFU climbing |"
+        "| trace | N | C | Belady | LRU | adaptive | adaptive, batched | adaptive, batched out of order | ARC | S3-FIFO | W-TinyLFU 1% | W-TinyLFU climbing |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for n in sizes {
         let len = 100_000;
         let cases: Vec<(String, Vec<usize>)> = vec![
@@ -465,12 +465,15 @@ fn main() {
                 let batched =
                     simulate_with(PolicyKind::Adaptive, trace, n, c, Replay::BatchedByLastUse)
                         .hit_rate();
+                let shuffled =
+                    simulate_with(PolicyKind::Adaptive, trace, n, c, Replay::BatchedByLayer)
+                        .hit_rate();
                 let arc = run(&mut Arc::new(c), trace);
                 let s3 = run(&mut S3Fifo::new(n, c), trace);
                 let tiny = run(&mut WTinyLfu::new(n, c, false), trace);
                 let climb = run(&mut WTinyLfu::new(n, c, true), trace);
                 println!(
-                    "| {name} | {n} | {c} | {opt:.3} | {lru:.3} | {ada:.3} | {batched:.3} | {arc:.3} | {s3:.3} | {tiny:.3} | {climb:.3} |"
+                    "| {name} | {n} | {c} | {opt:.3} | {lru:.3} | {ada:.3} | {batched:.3} | {shuffled:.3} | {arc:.3} | {s3:.3} | {tiny:.3} | {climb:.3} |"
                 );
             }
         }
