@@ -10,7 +10,9 @@
 //! - [`PolicyKind::Lru`]: evict the least recently used layer.
 //! - [`PolicyKind::Adaptive`]: LIRS, which tells layers reused at short
 //!   distances from the rest, so a pass that cycles through more layers than
-//!   fit keeps a stable resident set instead of missing on every access.
+//!   fit keeps a stable resident set instead of missing on every access;
+//!   and LRU instead while two shadow caches (one LIRS, one LRU, layer
+//!   numbers only) show that recency serves the current accesses better.
 //!   See `docs/caching.md` for the designs considered and the measurements.
 //!
 //! With either kind, user priorities come first: the victim is always a
@@ -37,7 +39,8 @@ use list::List;
 pub enum PolicyKind {
     /// Least recently used first (`adaptive_caching = false`).
     Lru,
-    /// Learns from the access pattern (`adaptive_caching = true`): LIRS.
+    /// Learns from the access pattern (`adaptive_caching = true`): LIRS,
+    /// or LRU while LRU does better on the recent accesses.
     Adaptive,
 }
 
