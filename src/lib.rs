@@ -19,6 +19,7 @@ pub mod index;
 mod io;
 mod model;
 pub mod pagecache;
+pub mod policy;
 mod stats;
 pub mod synth;
 mod verify;

@@ -3,6 +3,7 @@
 mod demo;
 mod inspect;
 mod tools;
+mod simulate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +71,9 @@ enum Command {
         /// The .tmai file to write.
         output: PathBuf,
     },
+    /// Replay an access trace through the eviction policies and compare
+    /// their hit rates with Belady's optimum.
+    Simulate(simulate::Args),
 }
 
 fn main() -> ExitCode {
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
         Some(Command::Verify { file }) => tools::verify(&file),
         Some(Command::Tensor { file, name }) => tools::tensor(&file, &name),
         Some(Command::Convert { input, output }) => tools::convert(&input, &output),
+        Some(Command::Simulate(args)) => simulate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
