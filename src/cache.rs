@@ -5,19 +5,24 @@
 //! `Ready` (a hit clones the handle under a shard read lock; no I/O, no await).
 //!
 //! Eviction picks, among `Ready` entries that no caller holds, the lowest
-//! priority first, then the least recently used. "No caller holds" is checked
-//! under the shard's write lock at removal, where no hit can clone the handle
-//! concurrently, so an eviction always frees the memory it counts on. Evicted
-//! entries are returned to the caller and dropped outside every lock.
+//! priority first, then the policy's choice ([`crate::policy`]: least
+//! recently used, or with `adaptive_caching` the scan-resistant adaptive
+//! policy). Hits are recorded lock-free in per-layer atomics and replayed into
+//! the single-threaded policy core before each eviction. "No caller holds" is
+//! checked under the shard's write lock at removal, where no hit can clone the
+//! handle concurrently, so an eviction always frees the memory it counts on.
+//! Evicted entries are returned to the caller and dropped outside every lock.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 use futures::future::{BoxFuture, Shared};
+use parking_lot::Mutex;
 
 use crate::error::Result;
 use crate::model::LayerMeta;
+use crate::policy::{Policy, PolicyKind};
 use crate::weights::LayerWeights;
 
 /// The future every waiter of one read awaits.
@@ -73,13 +78,25 @@ pub(crate) enum Origin {
     Prefetch,
 }
 
-#[derive(Default)]
 pub(crate) struct Cache {
     slots: DashMap<usize, Slot>,
     next_id: AtomicU64,
+    /// The eviction policy's single-threaded core. Lock order: this mutex
+    /// before any shard lock, never the reverse.
+    policy: Mutex<Policy>,
 }
 
 impl Cache {
+    pub(crate) fn new(kind: PolicyKind, layers: usize, prefetch_reserve: usize) -> Self {
+        let mut policy = Policy::new(kind, layers);
+        policy.set_prefetch_reserve(prefetch_reserve);
+        Cache {
+            slots: DashMap::new(),
+            next_id: AtomicU64::new(0),
+            policy: Mutex::new(policy),
+        }
+    }
+
     /// The cached handle of `layer`, if it is `Ready`. Returns whether that
     /// was the first use of a prefetched layer too.
     pub(crate) fn get_ready(&self, layer: usize) -> Option<(LayerWeights, bool)> {
@@ -160,6 +177,7 @@ impl Cache {
         );
         drop(slot);
         drop(old);
+        self.policy.lock().on_insert(layer);
         if demanded {
             Published::Demanded
         } else {
@@ -179,7 +197,11 @@ impl Cache {
     /// Removes `layer`'s slot, whatever its state. Returns the entry if it was
     /// `Ready`, to be dropped by the caller outside the lock.
     pub(crate) fn remove(&self, layer: usize) -> Option<Slot> {
-        self.slots.remove(&layer).map(|(_, s)| s)
+        let slot = self.slots.remove(&layer).map(|(_, s)| s);
+        if matches!(slot, Some(Slot::Ready(_))) {
+            self.policy.lock().on_remove(layer);
+        }
+        slot
     }
 
     /// Removes every slot; returns them for dropping outside the locks.
@@ -188,59 +210,77 @@ impl Cache {
         keys.into_iter().filter_map(|k| self.remove(k)).collect()
     }
 
-    /// Evicts one unheld `Ready` entry chosen by policy, if there is one, and
-    /// returns it (drop it outside any lock to free its memory).
+    /// Evicts one unheld `Ready` entry chosen by the policy, if there is one,
+    /// and returns it (drop it outside any lock to free its memory).
+    ///
+    /// A fetch may evict any unheld layer; a prefetch never evicts a layer
+    /// of higher priority than its own, nor one prefetched and not yet used,
+    /// and asks the policy for a speculative victim (the adaptive policy
+    /// then keeps its protected layers).
     pub(crate) fn evict_one(
         &self,
         metas: &[LayerMeta],
         origin: Origin,
         target_priority: f32,
     ) -> Option<Entry> {
+        // Lock order: the policy, then shard locks (the filter reads slots).
+        let mut policy = self.policy.lock();
+        replay_accesses(&mut policy, metas);
         loop {
-            let victim = self.pick_victim(metas, origin, target_priority)?;
+            let candidate = |layer: usize| match self.slots.get(&layer).as_deref() {
+                Some(Slot::Ready(e)) => {
+                    e.weights.handle_count() == 1
+                        && (origin == Origin::Demand
+                            || (!e.prefetched_unused.load(Relaxed)
+                                && metas[layer].priority() <= target_priority))
+                }
+                _ => false,
+            };
+            let priority = |layer: usize| metas[layer].priority();
+            let victim = match origin {
+                Origin::Demand => policy.victim(candidate, priority),
+                Origin::Prefetch => policy.speculative_victim(candidate, priority),
+            }?;
             // Re-check under the write lock: a hit may have cloned it since.
             let removed = self.slots.remove_if(
                 &victim,
                 |_, s| matches!(s, Slot::Ready(e) if e.weights.handle_count() == 1),
             );
             if let Some((_, Slot::Ready(e))) = removed {
+                policy.on_remove(victim);
                 return Some(e);
             }
         }
     }
 
-    fn pick_victim(
-        &self,
-        metas: &[LayerMeta],
-        origin: Origin,
-        target_priority: f32,
-    ) -> Option<usize> {
-        let mut best: Option<(f32, u64, usize)> = None;
-        for slot in self.slots.iter() {
-            let Slot::Ready(e) = slot.value() else {
-                continue;
-            };
-            if e.weights.handle_count() != 1 {
-                continue;
-            }
-            let layer = *slot.key();
-            let meta = &metas[layer];
-            let priority = meta.priority();
-            if origin == Origin::Prefetch
-                && (e.prefetched_unused.load(Relaxed) || priority > target_priority)
-            {
-                continue;
-            }
-            let key = (priority, meta.last_used.load(Relaxed), layer);
-            let better = match best {
-                None => true,
-                Some((p, t, _)) => priority < p || (priority == p && key.1 < t),
-            };
-            if better {
-                best = Some(key);
-            }
+    /// Sets how many layers the caller reads ahead, so the adaptive policy
+    /// leaves that many entries unprotected for them (never lowers it).
+    pub(crate) fn reserve_for_prefetch(&self, entries: usize) {
+        let mut policy = self.policy.lock();
+        if entries > policy.prefetch_reserve() {
+            policy.set_prefetch_reserve(entries);
         }
-        best.map(|(_, _, layer)| layer)
+    }
+
+    /// Checks the policy's invariants.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        self.policy.lock().validate()
+    }
+}
+
+/// Feeds the hits recorded lock-free since the last eviction into the policy,
+/// oldest first. Each layer counts once per batch; the policy is robust to
+/// that (docs/caching.md, "Batched replay").
+fn replay_accesses(policy: &mut Policy, metas: &[LayerMeta]) {
+    let mut pending: Vec<(u64, usize)> = metas
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| take_flag(&m.accessed))
+        .map(|(layer, m)| (m.last_used.load(Relaxed), layer))
+        .collect();
+    pending.sort_unstable();
+    for (_, layer) in pending {
+        policy.on_access(layer);
     }
 }
 

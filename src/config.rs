@@ -66,11 +66,15 @@ pub struct MmapConfig {
     /// disk that serves one request at a time busy; more only holds budget
     /// earlier (measured in `docs/architecture.md`).
     pub prefetch_threads: usize,
-    /// Whether eviction also learns from the access pattern, to avoid
-    /// thrashing when a cyclic pass does not fit.
+    /// Whether eviction learns from the access pattern. False: lowest
+    /// priority first, then least recently used. True: lowest priority
+    /// first, then the adaptive policy (LIRS, switching to LRU while LRU does
+    /// better; `docs/caching.md`), which keeps a stable set of layers when a
+    /// cyclic pass does not fit, where LRU misses on every access.
     ///
-    /// Default: false. Until the adaptive policy lands (issue 5) both
-    /// settings evict lowest priority first, then least recently used.
+    /// Default: true. In the simulator it reaches 0.95–0.98× the optimal
+    /// hit rate on cyclic passes (LRU: 0), beats LRU on Zipf-skewed access,
+    /// and stays within 0.2 points of LRU on recency-friendly traces.
     pub adaptive_caching: bool,
     /// The allocation granule: every cached layer is charged and allocated in
     /// whole multiples of this many bytes, and at least one. Rounded up to a
@@ -121,7 +125,7 @@ impl Default for MmapConfig {
             max_cache_size: default_cache_size(),
             prefetch_enabled: true,
             prefetch_threads: 2,
-            adaptive_caching: false,
+            adaptive_caching: true,
             min_layer_cache_size: 4096,
             backend: Backend::Auto,
             direct_io: true,

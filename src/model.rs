@@ -19,6 +19,7 @@ use crate::config::{Backend, MmapConfig};
 use crate::error::{Error, Result};
 use crate::index::ModelIndex;
 use crate::io::ReadBackend;
+use crate::policy::PolicyKind;
 use crate::stats::{Counters, Stats};
 use crate::weights::LayerWeights;
 
@@ -75,6 +76,9 @@ pub(crate) struct LayerMeta {
     access_count: AtomicU64,
     /// Live buffers of this layer (cached or held by callers).
     pub(crate) live: AtomicUsize,
+    /// Set by every fetch; the cache replays set flags into the eviction
+    /// policy before it evicts (so hits take no lock).
+    pub(crate) accessed: AtomicBool,
 }
 
 impl LayerMeta {
@@ -85,6 +89,7 @@ impl LayerMeta {
             last_accessed: AtomicU64::new(0),
             access_count: AtomicU64::new(0),
             live: AtomicUsize::new(0),
+            accessed: AtomicBool::new(false),
         }
     }
 
@@ -139,6 +144,8 @@ pub(crate) struct Shared {
     prefetch_slots: Arc<Semaphore>,
     counters: Counters,
     closed: AtomicBool,
+    /// Set by the first prefetch (see `prefetch`).
+    prefetching: AtomicBool,
     opened_at: Instant,
     clock: AtomicU64,
     runtime: tokio::runtime::Handle,
@@ -215,12 +222,21 @@ impl MappedModel {
                     granule,
                     backend_kind,
                     backend: RwLock::new(Some(backend)),
-                    cache: Cache::default(),
+                    cache: Cache::new(
+                        if config.adaptive_caching {
+                            PolicyKind::Adaptive
+                        } else {
+                            PolicyKind::Lru
+                        },
+                        index.layers.len(),
+                        0,
+                    ),
                     metas,
                     budget: Budget::new(config.max_cache_size),
                     prefetch_slots: Arc::new(Semaphore::new(config.prefetch_threads.max(1))),
                     counters: Counters::default(),
                     closed: AtomicBool::new(false),
+                    prefetching: AtomicBool::new(false),
                     opened_at: Instant::now(),
                     clock: AtomicU64::new(1),
                     runtime,
@@ -416,6 +432,7 @@ impl MappedModel {
     ) -> impl futures::Stream<Item = Result<LayerWeights>> + Send + Unpin + 'static {
         let order: Arc<[usize]> = order.into_iter().collect();
         let lookahead = lookahead.unwrap_or_else(|| self.default_lookahead());
+        self.shared.cache.reserve_for_prefetch(lookahead);
         futures::stream::unfold((self.clone(), 0usize), move |(model, pos)| {
             let order = Arc::clone(&order);
             async move {
@@ -452,6 +469,12 @@ impl MappedModel {
     pub fn stats(&self) -> Stats {
         let s = &self.shared;
         s.counters.snapshot(s.budget.used(), s.budget.peak())
+    }
+
+    /// Checks the eviction policy's internal invariants (for tests and fuzzing).
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        self.shared.cache.validate()
     }
 
     /// Installs a hook awaited before every backend read (once per model).
@@ -500,6 +523,9 @@ impl Shared {
         let now = self.opened_at.elapsed().as_nanos() as u64;
         meta.last_accessed.store(now.max(1), Relaxed);
         meta.access_count.fetch_add(1, Relaxed);
+        if !meta.accessed.load(Relaxed) {
+            meta.accessed.store(true, Relaxed);
+        }
     }
 
     async fn fetch(self: Arc<Self>, layer: usize) -> Result<LayerWeights> {
@@ -584,6 +610,12 @@ impl Shared {
         }
         if self.footprint(layer) > self.budget.max() {
             return false;
+        }
+        if !self.prefetching.swap(true, Relaxed) {
+            // The first prefetch: leave room outside the adaptive policy's
+            // protected set for layers read ahead.
+            self.cache
+                .reserve_for_prefetch(self.config.prefetch_threads);
         }
         let shared = Arc::clone(self);
         let span = tracing::debug_span!("prefetch", layer);

@@ -187,13 +187,18 @@ impl Policy {
         self.apply_capacity();
     }
 
-    /// Leaves `entries` more resident entries unprotected, for layers read
-    /// ahead of use: set it to the prefetch lookahead. By default (0) the
-    /// adaptive policy protects all but 1% of the capacity (at least one
-    /// entry, which is typically the layer in use), so a speculative read,
-    /// which may not evict a protected layer (see
+    /// How many resident entries are left unprotected for layers read ahead
+    /// of use. By default (0) the adaptive policy protects all but 1% of the
+    /// capacity (at least one entry, which is typically the layer in use), so
+    /// a speculative read, which may not evict a protected layer (see
     /// [`Policy::speculative_victim`]), rarely finds room. Only
     /// [`PolicyKind::Adaptive`] uses it.
+    pub fn prefetch_reserve(&self) -> usize {
+        self.prefetch_reserve
+    }
+
+    /// Leaves `entries` more resident entries unprotected; see
+    /// [`Policy::prefetch_reserve`]. Set it to the prefetch lookahead.
     pub fn set_prefetch_reserve(&mut self, entries: usize) {
         self.prefetch_reserve = entries;
         self.apply_capacity();

@@ -14,6 +14,7 @@ use rand::{Rng, SeedableRng};
 
 on_both_backends!(
     random_operations_from_many_tasks_stay_within_budget_and_exact,
+    the_same_with_adaptive_caching,
     one_cold_layer_awaited_by_a_thousand_tasks_is_read_once
 );
 
@@ -22,6 +23,14 @@ fn long() -> bool {
 }
 
 async fn random_operations_from_many_tasks_stay_within_budget_and_exact(backend: Backend) {
+    random_operations(backend, false).await
+}
+
+async fn the_same_with_adaptive_caching(backend: Backend) {
+    random_operations(backend, true).await
+}
+
+async fn random_operations(backend: Backend, adaptive: bool) {
     let (tasks, ops) = if long() { (1000, 1000) } else { (1000, 100) };
     let layers = 96;
     let layer_size = 32 * KIB;
@@ -32,6 +41,7 @@ async fn random_operations_from_many_tasks_stay_within_budget_and_exact(backend:
     let model = m
         .open(MmapConfig {
             memory_wait_timeout: Duration::from_secs(60),
+            adaptive_caching: adaptive,
             ..config(backend, budget)
         })
         .await;
@@ -91,7 +101,7 @@ async fn random_operations_from_many_tasks_stay_within_budget_and_exact(backend:
     assert!(s.peak_memory <= budget, "peak {} > {budget}", s.peak_memory);
     assert!(s.evictions > 0 && s.reads > layers as u64);
     println!(
-        "{backend:?}: {} operations by {tasks} tasks, {} reads, {} evictions, {} MiB verified, peak {} of {budget}",
+        "{backend:?} (adaptive: {adaptive}): {} operations by {tasks} tasks, {} reads, {} evictions, {} MiB verified, peak {} of {budget}",
         tasks * ops,
         s.reads,
         s.evictions,

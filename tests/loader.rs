@@ -170,7 +170,12 @@ async fn budget_holds_under_concurrent_random_operations(backend: Backend) {
 
 async fn eviction_takes_lowest_priority_then_least_recently_used(backend: Backend) {
     let m = TestModel::new(5, 64 * KIB);
-    let model = m.open(config(backend, 3 * 64 * KIB)).await;
+    let model = m
+        .open(MmapConfig {
+            adaptive_caching: false,
+            ..config(backend, 3 * 64 * KIB)
+        })
+        .await;
     for i in 0..3 {
         drop(model.layer(i).await.unwrap());
     }

@@ -2,8 +2,8 @@
 
 mod demo;
 mod inspect;
-mod tools;
 mod simulate;
+mod tools;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
