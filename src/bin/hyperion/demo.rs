@@ -20,11 +20,14 @@ pub struct Args {
     #[arg(long, default_value_t = 8 * MIB)]
     pub layer_size: u64,
     /// Cache budget in bytes (max_cache_size).
-    #[arg(long, default_value_t = 64 * MIB)]
+    #[arg(long, default_value_t = 128 * MIB)]
     pub budget: u64,
     /// Layers prefetched ahead of the one being computed.
     #[arg(long, default_value_t = 3)]
     pub lookahead: usize,
+    /// Forward passes over the model (as for successive tokens).
+    #[arg(long, default_value_t = 2)]
+    pub passes: usize,
     /// I/O backend: auto, io-uring or mmap.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
@@ -38,8 +41,9 @@ impl Default for Args {
         Args {
             layers: 64,
             layer_size: 8 * MIB,
-            budget: 64 * MIB,
+            budget: 128 * MIB,
             lookahead: 3,
+            passes: 2,
             backend: BackendArg::Auto,
             dir: None,
         }
@@ -103,49 +107,22 @@ async fn forward_pass(args: Args) -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     );
 
-    let config = MmapConfig {
-        max_cache_size: args.budget,
-        backend: args.backend.into(),
-        ..MmapConfig::default()
-    };
-    let model = MappedModel::open(&path, config).await?;
-    let n = model.layer_count();
-    let bar = ProgressBar::new(n as u64);
-    bar.set_style(ProgressStyle::with_template(
-        "  {bar:40} {pos}/{len} layers {msg}",
-    )?);
-
-    let mut x = vec![1.0f32 / ROW as f32; ROW as usize];
-    let mut compute = Duration::ZERO;
-    let mut waiting = Duration::ZERO;
-    let mut verified = 0u64;
-    let start = Instant::now();
-    let mut layers = model.stream_layers(0..n, Some(args.lookahead));
-    for i in 0..n {
-        let t = Instant::now();
-        let weights = layers.next().await.expect("one item per layer")?;
-        waiting += t.elapsed();
-
-        let t = Instant::now();
-        let w = weights
-            .tensor(&format!("layers.{i}.weight"))
-            .and_then(|t| t.as_f32())
-            .ok_or_else(|| anyhow::anyhow!("layer {i} has no f32 weight matrix"))?;
-        x = layer_forward(w, &x);
-        verify(&spec, i, &weights)?;
-        verified += weights.len() as u64;
-        compute += t.elapsed();
-        drop(weights);
-        bar.inc(1);
-        bar.set_message(format!("{} MiB in use", model.memory_usage() / MIB));
-    }
-    drop(layers);
-    let wall = start.elapsed();
-    bar.finish_and_clear();
-
-    let stats = model.stats();
-    let backend = model.backend();
-    model.close();
+    // The forward pass, `passes` times (as for successive tokens), with the
+    // default adaptive policy; then the same with plain LRU, to compare.
+    let adaptive = run_passes(&path, &spec, &args, true).await?;
+    hyperion::pagecache::drop_cached_pages(&path)?;
+    let lru = run_passes(&path, &spec, &args, false).await?;
+    let Report {
+        wall,
+        compute,
+        waiting,
+        verified,
+        stats,
+        backend,
+        activations: x,
+    } = adaptive;
+    let n = spec.layers;
+    let total = total * args.passes as u64;
     let io = Duration::from_nanos(stats.read_busy_nanos);
     let mb_s = |bytes: u64, d: Duration| bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9);
     let hidden = (io + compute).saturating_sub(wall).min(io);
@@ -154,8 +131,9 @@ async fn forward_pass(args: Args) -> anyhow::Result<()> {
     let checksum = x.iter().sum::<f32>();
 
     println!(
-        "hyperion demo: {n} layers, {} MiB of f32 weights through a {} MiB budget, {} backend",
-        total / MIB,
+        "hyperion demo: {n} layers ({} MiB of f32 weights) × {} passes through a {} MiB budget, {} backend",
+        total / MIB / args.passes as u64,
+        args.passes,
         args.budget / MIB,
         backend.name()
     );
@@ -182,6 +160,13 @@ async fn forward_pass(args: Args) -> anyhow::Result<()> {
         stats.evictions
     );
     println!(
+        "  policy         adaptive read {} layers from disk ({:.0}% of fetches hit), LRU {} ({:.0}%) on the same passes",
+        stats.reads,
+        stats.hit_rate() * 100.0,
+        lru.stats.reads,
+        lru.stats.hit_rate() * 100.0
+    );
+    println!(
         "  prefetch       {} issued, {} used, {} wasted, {} skipped for lack of room",
         stats.prefetch_issued, stats.prefetch_used, stats.prefetch_wasted, stats.prefetch_skipped
     );
@@ -198,10 +183,14 @@ async fn forward_pass(args: Args) -> anyhow::Result<()> {
         "  verified       {verified} bytes, every one exact (activation checksum {checksum:.6})"
     );
     println!(
-        "summary: layers={n} bytes={total} backend={} throughput_mb_s={:.0} hit_rate={:.2} peak_memory={} budget={} overlap={:.2} verified=ok",
+        "summary: layers={n} passes={} bytes={total} backend={} throughput_mb_s={:.0} hit_rate={:.2} lru_hit_rate={:.2} reads={} lru_reads={} peak_memory={} budget={} overlap={:.2} verified=ok",
+        args.passes,
         backend.name(),
         mb_s(total, wall),
         stats.hit_rate(),
+        lru.stats.hit_rate(),
+        stats.reads,
+        lru.stats.reads,
         stats.peak_memory,
         args.budget,
         overlap
@@ -211,6 +200,80 @@ async fn forward_pass(args: Args) -> anyhow::Result<()> {
         "peak memory exceeded the budget"
     );
     Ok(())
+}
+
+/// What one run of the demo's passes measured.
+struct Report {
+    wall: Duration,
+    compute: Duration,
+    waiting: Duration,
+    verified: u64,
+    stats: hyperion::Stats,
+    backend: Backend,
+    activations: Vec<f32>,
+}
+
+/// Opens the model and runs `args.passes` forward passes over it through
+/// `stream_layers`, checking every byte.
+async fn run_passes(
+    path: &std::path::Path,
+    spec: &SynthSpec,
+    args: &Args,
+    adaptive: bool,
+) -> anyhow::Result<Report> {
+    let config = MmapConfig {
+        max_cache_size: args.budget,
+        backend: args.backend.into(),
+        adaptive_caching: adaptive,
+        ..MmapConfig::default()
+    };
+    let model = MappedModel::open(path, config).await?;
+    let n = model.layer_count();
+    let bar = ProgressBar::new((n * args.passes) as u64);
+    let policy = if adaptive { "adaptive" } else { "LRU" };
+    bar.set_style(ProgressStyle::with_template(&format!(
+        "  {policy:>8} {{bar:40}} {{pos}}/{{len}} layers {{msg}}"
+    ))?);
+    let mut x = vec![1.0f32 / ROW as f32; ROW as usize];
+    let (mut compute, mut waiting, mut verified) = (Duration::ZERO, Duration::ZERO, 0u64);
+    let start = Instant::now();
+    let order = (0..args.passes).flat_map(|_| 0..n);
+    let mut layers = model.stream_layers(order, Some(args.lookahead));
+    while let Some(weights) = {
+        let t = Instant::now();
+        let next = layers.next().await;
+        waiting += t.elapsed();
+        next
+    } {
+        let weights = weights?;
+        let i = weights.layer_index();
+        let t = Instant::now();
+        let w = weights
+            .tensor(&format!("layers.{i}.weight"))
+            .and_then(|t| t.as_f32())
+            .ok_or_else(|| anyhow::anyhow!("layer {i} has no f32 weight matrix"))?;
+        x = layer_forward(w, &x);
+        verify(spec, i, &weights)?;
+        verified += weights.len() as u64;
+        compute += t.elapsed();
+        drop(weights);
+        bar.inc(1);
+        bar.set_message(format!("{} MiB in use", model.memory_usage() / MIB));
+    }
+    drop(layers);
+    let wall = start.elapsed();
+    bar.finish_and_clear();
+    let report = Report {
+        wall,
+        compute,
+        waiting,
+        verified,
+        stats: model.stats(),
+        backend: model.backend(),
+        activations: x,
+    };
+    model.close();
+    Ok(report)
 }
 
 /// One layer of "compute": `y = W·x` over the `[rows, 256]` matrix, folded
