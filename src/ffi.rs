@@ -483,7 +483,7 @@ pub extern "C" fn hyperionCreateDefaultMmapConfig() -> HyperionMmapConfig {
         maxCacheSize: 256 << 20,
         prefetchEnabled: true,
         prefetchThreads: 2,
-        adaptiveCaching: false,
+        adaptiveCaching: true,
         minLayerCacheSize: 4096,
     };
     boundary("hyperionCreateDefaultMmapConfig", fallback, || {

@@ -244,7 +244,7 @@ int main(int argc, char **argv)
     CHECK(hyperionLastError() == NULL, "no error before any call");
     HyperionMmapConfig config = hyperionCreateDefaultMmapConfig();
     CHECK(config.maxCacheSize >= 256u << 20 && config.prefetchEnabled &&
-              config.prefetchThreads == 2 && !config.adaptiveCaching &&
+              config.prefetchThreads == 2 && config.adaptiveCaching &&
               config.minLayerCacheSize == 4096,
           "defaults");
     null_model();

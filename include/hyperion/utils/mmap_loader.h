@@ -110,7 +110,7 @@ typedef struct {
                                  (0..1024 when prefetching is disabled).
                                  Default: 2. */
     bool   adaptiveCaching;   /* Whether to use adaptive caching.
-                                 Default: false. */
+                                 Default: true (see docs/caching.md). */
     size_t minLayerCacheSize; /* Minimum cache size per layer in bytes: the
                                  allocation granule, rounded up to 4 KiB; each
                                  cached layer is charged whole granules.
