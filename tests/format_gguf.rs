@@ -1184,7 +1184,7 @@ fn reference() -> Option<&'static (PathBuf, Value)> {
     static REFERENCE: OnceLock<Option<(PathBuf, Value)>> = OnceLock::new();
     REFERENCE
         .get_or_init(|| {
-            let python = python()?;
+            let python = common::python()?;
             let root = Path::new(env!("CARGO_MANIFEST_DIR"));
             let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gguf-reference");
             let _ = std::fs::remove_dir_all(&dir);
@@ -1202,39 +1202,6 @@ fn reference() -> Option<&'static (PathBuf, Value)> {
             Some((dir, serde_json::from_slice(&manifest).unwrap()))
         })
         .as_ref()
-}
-
-/// The Python of `scripts/python-env.sh` (which honours `HYPERION_VENV`), or
-/// `None`, with a message, when it fails because the registry is unreachable.
-fn python() -> Option<PathBuf> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/python-env.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .expect("run scripts/python-env.sh");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.success() {
-        return Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-    }
-    const UNREACHABLE: &[&str] = &[
-        "Failed to establish a new connection",
-        "Temporary failure in name resolution",
-        "Name or service not known",
-        "Network is unreachable",
-        "Connection refused",
-        "Connection timed out",
-        "Read timed out",
-        "ProxyError",
-        "No matching distribution found",
-    ];
-    if UNREACHABLE.iter().any(|s| stderr.contains(s)) {
-        eprintln!(
-            "SKIPPED: scripts/python-env.sh could not reach the package registry to install \
-             gguf-py; set HYPERION_VENV to an existing environment to run this test.\n{stderr}"
-        );
-        return None;
-    }
-    panic!("scripts/python-env.sh failed:\n{stderr}");
 }
 
 fn hex(s: &str) -> Vec<u8> {

@@ -1142,45 +1142,6 @@ fn attack_shard_index_too_large() {
 
 // --- The reference writer and a published model, from Python ----------------------
 
-/// The Python of `scripts/python-env.sh`, or `None` (with a message) when the
-/// package registry cannot be reached to create it. Runs the script once per
-/// test process.
-fn python() -> Option<PathBuf> {
-    static PYTHON: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    PYTHON.get_or_init(create_python_env).clone()
-}
-
-fn create_python_env() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("bash")
-        .arg(root.join("scripts/python-env.sh"))
-        .output()
-        .expect("run bash");
-    if out.status.success() {
-        let py = String::from_utf8(out.stdout).unwrap();
-        return Some(PathBuf::from(py.trim()));
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let offline = [
-        "NewConnectionError",
-        "Temporary failure in name resolution",
-        "Network is unreachable",
-        "Failed to establish a new connection",
-        "ConnectTimeout",
-        "Could not fetch URL",
-        "No matching distribution found",
-        "ProxyError",
-    ];
-    if offline.iter().any(|s| stderr.contains(s)) {
-        eprintln!(
-            "SKIPPED: scripts/python-env.sh could not reach the package registry to build \
-             the Python reference environment:\n{stderr}"
-        );
-        return None;
-    }
-    panic!("scripts/python-env.sh failed:\n{stderr}");
-}
-
 fn run_python(py: &Path, args: &[&str]) {
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/safetensors_reference.py");
@@ -1226,7 +1187,7 @@ fn manifest(dir: &Path, name: &str) -> Tensors {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_reference_files_read_identically() {
-    let Some(py) = python() else { return };
+    let Some(py) = common::python() else { return };
     let dir = dir();
     let out = dir.path().to_str().unwrap();
     run_python(&py, &["write", out]);
@@ -1276,7 +1237,7 @@ async fn python_reference_files_read_identically() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_minilm_model_reads_identically() {
-    let Some(py) = python() else { return };
+    let Some(py) = common::python() else { return };
     let locate = Command::new(&py)
         .args([
             "-c",

@@ -3,19 +3,9 @@
 
 mod common;
 
-use common::config;
+use common::{bytes_read_by_this_process, config};
 use hyperion::format::gguf;
 use hyperion::{Backend, MappedModel};
-
-fn bytes_read_by_this_process() -> u64 {
-    let io = std::fs::read_to_string("/proc/self/io").unwrap();
-    io.lines()
-        .find_map(|l| l.strip_prefix("rchar: "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 fn gstr(b: &mut Vec<u8>, s: &[u8]) {
     b.extend_from_slice(&(s.len() as u64).to_le_bytes());

@@ -3,18 +3,8 @@
 
 mod common;
 
-use common::{config, TestModel};
+use common::{bytes_read_by_this_process, config, TestModel};
 use hyperion::Backend;
-
-fn bytes_read_by_this_process() -> u64 {
-    let io = std::fs::read_to_string("/proc/self/io").unwrap();
-    io.lines()
-        .find_map(|l| l.strip_prefix("rchar: "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_reads_only_the_header() {

@@ -8,18 +8,8 @@ mod common;
 use std::io::Write;
 use std::path::Path;
 
-use common::config;
+use common::{bytes_read_by_this_process, config};
 use hyperion::{Backend, MappedModel};
-
-fn bytes_read_by_this_process() -> u64 {
-    let io = std::fs::read_to_string("/proc/self/io").unwrap();
-    io.lines()
-        .find_map(|l| l.strip_prefix("rchar: "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 /// Writes a safetensors file of `blocks` blocks of two 1 MiB F32 tensors,
 /// named `prefix`N, whose data is a hole (the file is sparse).

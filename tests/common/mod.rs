@@ -145,3 +145,58 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// Bytes this process has read through system calls so far (`rchar` in
+/// /proc/self/io): how the "open reads metadata only" tests see reads.
+pub fn bytes_read_by_this_process() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The Python of `scripts/python-env.sh` (the reference libraries), or
+/// `None` with a printed SKIPPED message when the package registry cannot be
+/// reached. Any other failure of the script is a test failure.
+pub fn python() -> Option<PathBuf> {
+    static PYTHON: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(create_python_env).clone()
+}
+
+fn create_python_env() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("bash")
+        .arg(root.join("scripts/python-env.sh"))
+        .output()
+        .expect("run bash");
+    if out.status.success() {
+        let py = String::from_utf8(out.stdout).unwrap();
+        return Some(PathBuf::from(py.trim()));
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    const OFFLINE: &[&str] = &[
+        "NewConnectionError",
+        "Failed to establish a new connection",
+        "Temporary failure in name resolution",
+        "Name or service not known",
+        "Network is unreachable",
+        "Connection refused",
+        "ConnectTimeout",
+        "Connection timed out",
+        "Read timed out",
+        "Could not fetch URL",
+        "No matching distribution found",
+        "ProxyError",
+    ];
+    if OFFLINE.iter().any(|s| stderr.contains(s)) {
+        eprintln!(
+            "SKIPPED: scripts/python-env.sh could not reach the package registry to build \
+             the Python reference environment (set HYPERION_VENV to an existing one):\n{stderr}"
+        );
+        return None;
+    }
+    panic!("scripts/python-env.sh failed:\n{stderr}");
+}
