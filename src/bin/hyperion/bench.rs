@@ -27,7 +27,7 @@ const MEMCPY_BYTES: usize = 512 << 20;
 /// A "cold" read faster than this came from memory, not this disk.
 const COLD_SUSPICIOUS_MB_S: f64 = 8000.0;
 /// Seed of the random layer order.
-const RANDOM_SEED: u64 = 0x5eed_0f_1a7e;
+const RANDOM_SEED: u64 = 0x5eed_1a7e;
 /// Task counts of the concurrency measurement.
 const TASKS: [usize; 4] = [1, 4, 16, 64];
 
