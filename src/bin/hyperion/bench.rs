@@ -173,7 +173,7 @@ struct Report {
 
 impl Report {
     fn push(&mut self, m: Measurement) {
-        eprintln!("  {:<28} median {:>8.0} MB/s", m.name, m.median());
+        eprintln!("  {:<30} median {:>8.0} MB/s", m.name, m.median());
         self.measurements.push(m);
     }
 
@@ -198,8 +198,16 @@ impl Report {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    // One line with every cause: "context: cause".
+    bench(args).map_err(|e| anyhow::anyhow!("bench: {e:#}"))
+}
+
+fn bench(args: Args) -> anyhow::Result<()> {
     let plan = Plan::new(&args)?;
-    let parent = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
+    let parent = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::current_dir().context("cannot get the current directory")?,
+    };
     let dir = tempfile::Builder::new()
         .prefix("hyperion-bench-")
         .tempdir_in(&parent)
@@ -448,7 +456,9 @@ fn measure(
             let r = rt.block_on(concurrent_pass(path, config.clone(), n, tasks))?;
             m.runs.push(r.mb_s);
             reads.push(r.stats.reads);
-            disk.push(mb_s(r.stats.bytes_read, r.wall));
+            let disk_mb_s = mb_s(r.stats.bytes_read, r.wall);
+            report.check_cold(name, disk_mb_s);
+            disk.push(disk_mb_s);
         }
         m.notes += &format!("; disk reads per run {reads:?}");
         m.extra.insert("tasks".into(), json!(tasks));
