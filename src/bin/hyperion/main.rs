@@ -1,5 +1,6 @@
 //! The `hyperion` command: the demo (no arguments), and tools for model files.
 
+mod bench;
 mod demo;
 mod inspect;
 mod simulate;
@@ -74,6 +75,9 @@ enum Command {
     /// Replay an access trace through the eviction policies and compare
     /// their hit rates with Belady's optimum.
     Simulate(simulate::Args),
+    /// Measure the disk, memory and Hyperion's streams on a generated file,
+    /// with min / median / max of repeated runs and ratios to the ceilings.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
         Some(Command::Tensor { file, name }) => tools::tensor(&file, &name),
         Some(Command::Convert { input, output }) => tools::convert(&input, &output),
         Some(Command::Simulate(args)) => simulate::run(args),
+        Some(Command::Bench(args)) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

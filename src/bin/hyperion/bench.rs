@@ -1,0 +1,741 @@
+//! `hyperion bench`: measures, in one run on one file, what the disk and
+//! memory can do (plain readers, memcpy) and what Hyperion delivers (cold,
+//! warm, random-order, concurrent and prefetching streams), with ratios.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use hyperion::synth::SynthSpec;
+use hyperion::{Backend, MappedModel, MmapConfig};
+use serde_json::{json, Map, Value};
+
+const MIB: u64 = 1 << 20;
+/// Request size of the O_DIRECT ceiling reader.
+const DIRECT_CHUNK: usize = 4 << 20;
+/// Alignment (and huge-page size) of the ceiling reader's buffer.
+const HUGE_PAGE: usize = 2 << 20;
+/// Buffer of the plain buffered reader.
+const BUFFERED_CHUNK: usize = 8 << 20;
+/// Bytes copied by the memcpy measurement.
+const MEMCPY_BYTES: usize = 512 << 20;
+/// A "cold" read faster than this came from memory, not this disk.
+const COLD_SUSPICIOUS_MB_S: f64 = 8000.0;
+/// Seed of the random layer order.
+const RANDOM_SEED: u64 = 0x5eed_1a7e;
+/// Task counts of the concurrency measurement.
+const TASKS: [usize; 4] = [1, 4, 16, 64];
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Total bytes of the test model (default 2 GiB; 256 MiB with --quick).
+    /// Layers are 64 MiB (16 MiB with --quick) or fewer.
+    #[arg(long)]
+    pub size: Option<u64>,
+    /// Directory for the test file (default: a temp dir in the current
+    /// directory, so it is on the same filesystem).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// A small, fast run: 256 MiB as 16 × 16 MiB, two repetitions, and a
+    /// budget of a quarter of the file.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// What the run measures on: the file's shape, the budget, the repetitions.
+struct Plan {
+    spec: SynthSpec,
+    budget: u64,
+    reps: usize,
+}
+
+impl Plan {
+    fn new(args: &Args) -> anyhow::Result<Plan> {
+        let (default_size, default_layers, max_layer, reps) = if args.quick {
+            (256 * MIB, 16u64, 16 * MIB, 2)
+        } else {
+            (2048 * MIB, 32u64, 64 * MIB, 3)
+        };
+        let size = args.size.unwrap_or(default_size);
+        anyhow::ensure!(
+            size >= MIB,
+            "--size {size} is too small: the test model needs at least 1 MiB"
+        );
+        // Keep the default layer count where the size allows, with layers of
+        // at most `max_layer` and whole MiB.
+        let layer_size = ((size / default_layers).min(max_layer) / MIB).max(1) * MIB;
+        let layers = usize::try_from(size / layer_size)?;
+        let file = layers as u64 * layer_size;
+        let budget = if args.quick {
+            (file / 4).max(2 * layer_size)
+        } else {
+            (512 * MIB).max(2 * layer_size)
+        };
+        Ok(Plan {
+            spec: SynthSpec {
+                layers,
+                layer_size,
+                precision: 32,
+                ..SynthSpec::default()
+            },
+            budget,
+            reps,
+        })
+    }
+
+    fn model_bytes(&self) -> u64 {
+        self.spec.layers as u64 * self.spec.layer_size
+    }
+
+    fn config(&self, backend: Backend, direct_io: bool) -> MmapConfig {
+        MmapConfig {
+            max_cache_size: self.budget,
+            backend,
+            direct_io,
+            // Many tasks share a small budget in the concurrency runs; they
+            // never hold a layer while waiting for another, so waiting is safe.
+            memory_wait_timeout: Duration::from_secs(120),
+            ..MmapConfig::default()
+        }
+    }
+}
+
+/// One measurement: MB/s of each repetition, notes, and extra figures.
+struct Measurement {
+    name: &'static str,
+    runs: Vec<f64>,
+    notes: String,
+    extra: Map<String, Value>,
+}
+
+impl Measurement {
+    fn new(name: &'static str, notes: impl Into<String>) -> Measurement {
+        Measurement {
+            name,
+            runs: Vec::new(),
+            notes: notes.into(),
+            extra: Map::new(),
+        }
+    }
+
+    fn sorted(&self) -> Vec<f64> {
+        let mut v = self.runs.clone();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
+    fn min(&self) -> f64 {
+        self.sorted().first().copied().unwrap_or(0.0)
+    }
+
+    fn max(&self) -> f64 {
+        self.sorted().last().copied().unwrap_or(0.0)
+    }
+
+    fn median(&self) -> f64 {
+        let v = self.sorted();
+        match v.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("min_mb_s".into(), json!(self.min()));
+        m.insert("median_mb_s".into(), json!(self.median()));
+        m.insert("max_mb_s".into(), json!(self.max()));
+        m.insert("runs_mb_s".into(), json!(self.runs));
+        m.insert("notes".into(), json!(self.notes));
+        m.extend(self.extra.clone());
+        Value::Object(m)
+    }
+}
+
+fn mb_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9)
+}
+
+/// Everything one run collected.
+struct Report {
+    measurements: Vec<Measurement>,
+    warnings: Vec<String>,
+}
+
+impl Report {
+    fn push(&mut self, m: Measurement) {
+        eprintln!("  {:<30} median {:>8.0} MB/s", m.name, m.median());
+        self.measurements.push(m);
+    }
+
+    fn median_of(&self, name: &str) -> f64 {
+        self.measurements
+            .iter()
+            .find(|m| m.name == name)
+            .map_or(0.0, Measurement::median)
+    }
+
+    /// Warns when a cold read ran faster than any disk here can.
+    fn check_cold(&mut self, name: &str, mb_s: f64) {
+        if mb_s > COLD_SUSPICIOUS_MB_S {
+            let w = format!(
+                "{name}: a cold read ran at {mb_s:.0} MB/s (> {COLD_SUSPICIOUS_MB_S:.0}): \
+                 dropping the page cache did not work, so this figure is not a cold read"
+            );
+            eprintln!("hyperion bench: warning: {w}");
+            self.warnings.push(w);
+        }
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    // One line with every cause: "context: cause".
+    bench(args).map_err(|e| anyhow::anyhow!("bench: {e:#}"))
+}
+
+fn bench(args: Args) -> anyhow::Result<()> {
+    let plan = Plan::new(&args)?;
+    let parent = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::current_dir().context("cannot get the current directory")?,
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("hyperion-bench-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("cannot create a temp dir in {}", parent.display()))?;
+    let path = dir.path().join("bench.tmai");
+    eprintln!(
+        "hyperion bench: writing a {} MiB model ({} layers × {} MiB) to {}",
+        plan.model_bytes() / MIB,
+        plan.spec.layers,
+        plan.spec.layer_size / MIB,
+        path.display()
+    );
+    hyperion::synth::write(&path, &plan.spec)
+        .with_context(|| format!("cannot write the test model {}", path.display()))?;
+    let file_bytes = std::fs::metadata(&path)?.len();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut report = Report {
+        measurements: Vec::new(),
+        warnings: Vec::new(),
+    };
+    measure(&rt, &plan, &path, file_bytes, &mut report)?;
+    drop(rt);
+
+    let cold = report.median_of("stream_cold_io_uring");
+    let ceiling = report.median_of("ceiling_direct");
+    let warm = report.median_of("stream_warm");
+    let memcpy = report.median_of("memcpy");
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let cold_ratio = ratio(cold, ceiling);
+    let warm_ratio = ratio(warm, memcpy);
+
+    if args.json {
+        let measurements: Map<String, Value> = report
+            .measurements
+            .iter()
+            .map(|m| (m.name.to_string(), m.to_json()))
+            .collect();
+        let out = json!({
+            "model": {
+                "layers": plan.spec.layers,
+                "layer_size": plan.spec.layer_size,
+                "model_bytes": plan.model_bytes(),
+                "file_bytes": file_bytes,
+                "dir": parent.display().to_string(),
+            },
+            "budget": plan.budget,
+            "repetitions": plan.reps,
+            "quick": args.quick,
+            "measurements": measurements,
+            "ratios": {
+                "cold_stream_over_ceiling": cold_ratio,
+                "warm_over_memcpy": warm_ratio,
+            },
+            "targets": {
+                "cold_stream_over_ceiling": 0.9,
+                "warm_over_memcpy": 0.8,
+            },
+            "warnings": report.warnings,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "hyperion bench: {} MiB model ({} layers × {} MiB), budget {} MiB, {} repetitions, MB/s = 10^6 bytes/s",
+            plan.model_bytes() / MIB,
+            plan.spec.layers,
+            plan.spec.layer_size / MIB,
+            plan.budget / MIB,
+            plan.reps
+        );
+        println!(
+            "{:<30} {:>8} {:>8} {:>8}  notes",
+            "measurement", "min", "median", "max"
+        );
+        for m in &report.measurements {
+            println!(
+                "{:<30} {:>8.0} {:>8.0} {:>8.0}  {}",
+                m.name,
+                m.min(),
+                m.median(),
+                m.max(),
+                m.notes
+            );
+        }
+        println!(
+            "ratio cold io_uring stream / O_DIRECT ceiling: {cold_ratio:.2} (target ≥ 0.90: {})",
+            if cold_ratio >= 0.9 { "met" } else { "missed" }
+        );
+        println!(
+            "ratio warm stream / memcpy:                    {warm_ratio:.2} (target ≥ 0.80: {})",
+            if warm_ratio >= 0.8 { "met" } else { "missed" }
+        );
+        for w in &report.warnings {
+            println!("warning: {w}");
+        }
+    }
+    dir.close()
+        .context("cannot remove the temp dir of the test model")?;
+    Ok(())
+}
+
+fn drop_cache(path: &Path) -> anyhow::Result<()> {
+    hyperion::pagecache::drop_cached_pages(path)
+        .with_context(|| format!("cannot drop the cached pages of {}", path.display()))
+}
+
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    plan: &Plan,
+    path: &Path,
+    file_bytes: u64,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let reps = plan.reps;
+    let n = plan.spec.layers;
+
+    // Ceilings.
+    let mut m = Measurement::new(
+        "ceiling_direct",
+        "O_DIRECT pread, 4 MiB requests, 2 MiB-aligned MADV_HUGEPAGE buffer, cold",
+    );
+    let mut buf = HugeBuf::new(DIRECT_CHUNK)?;
+    for _ in 0..reps {
+        drop_cache(path)?;
+        let v = read_direct(path, &mut buf, file_bytes)?;
+        report.check_cold(m.name, v);
+        m.runs.push(v);
+    }
+    drop(buf);
+    report.push(m);
+
+    let mut m = Measurement::new("ceiling_buffered", "plain read(), 8 MiB buffer, cold");
+    for _ in 0..reps {
+        drop_cache(path)?;
+        let v = read_buffered(path, file_bytes)?;
+        report.check_cold(m.name, v);
+        m.runs.push(v);
+    }
+    report.push(m);
+
+    let mut m = Measurement::new(
+        "memcpy",
+        "one thread, 512 MiB warm buffer into another (second of two copies)",
+    );
+    {
+        let src = vec![0x5au8; MEMCPY_BYTES];
+        let mut dst = vec![0u8; MEMCPY_BYTES];
+        for _ in 0..reps {
+            dst.copy_from_slice(std::hint::black_box(&src));
+            let t = Instant::now();
+            dst.copy_from_slice(std::hint::black_box(&src));
+            std::hint::black_box(&mut dst);
+            m.runs.push(mb_s(MEMCPY_BYTES as u64, t.elapsed()));
+        }
+    }
+    report.push(m);
+
+    // Hyperion, one cold pass at a time.
+    let sequential: Vec<usize> = (0..n).collect();
+    let cold_streams = [
+        (
+            "stream_cold_io_uring",
+            Backend::IoUring,
+            true,
+            "io_uring, O_DIRECT (default config), lookahead = prefetch_threads",
+        ),
+        (
+            "stream_cold_io_uring_buffered",
+            Backend::IoUring,
+            false,
+            "io_uring, direct_io: false, lookahead = prefetch_threads",
+        ),
+        (
+            "stream_cold_mmap",
+            Backend::Mmap,
+            true,
+            "mmap backend, lookahead = prefetch_threads",
+        ),
+    ];
+    for (name, backend, direct, notes) in cold_streams {
+        let config = plan.config(backend, direct);
+        let lookahead = Some(config.prefetch_threads);
+        let mut m = Measurement::new(name, notes);
+        for _ in 0..reps {
+            drop_cache(path)?;
+            let r = rt.block_on(stream_pass(path, config.clone(), &sequential, lookahead))?;
+            report.check_cold(name, r.mb_s);
+            m.runs.push(r.mb_s);
+            m.extra.insert("backend".into(), json!(r.backend));
+        }
+        report.push(m);
+    }
+
+    // Warm: buffered reads, so the page cache the previous pass filled is used.
+    let config = plan.config(Backend::IoUring, false);
+    let lookahead = Some(config.prefetch_threads);
+    let mut m = Measurement::new(
+        "stream_warm",
+        "io_uring, direct_io: false (so the page cache is used), file already in the page cache",
+    );
+    rt.block_on(stream_pass(path, config.clone(), &sequential, lookahead))?;
+    for _ in 0..reps {
+        let r = rt.block_on(stream_pass(path, config.clone(), &sequential, lookahead))?;
+        m.runs.push(r.mb_s);
+    }
+    report.push(m);
+
+    // Random order, cold.
+    let config = plan.config(Backend::IoUring, true);
+    let order = permutation(n, RANDOM_SEED);
+    let mut m = Measurement::new(
+        "random_cold",
+        format!("io_uring O_DIRECT, layers in a fixed-seed permutation (seed {RANDOM_SEED:#x}), lookahead = prefetch_threads"),
+    );
+    for _ in 0..reps {
+        drop_cache(path)?;
+        let r = rt.block_on(stream_pass(
+            path,
+            config.clone(),
+            &order,
+            Some(config.prefetch_threads),
+        ))?;
+        report.check_cold(m.name, r.mb_s);
+        m.runs.push(r.mb_s);
+    }
+    report.push(m);
+
+    // Concurrent tasks on one model, cold at the start.
+    for (k, &tasks) in TASKS.iter().enumerate() {
+        let name = [
+            "concurrent_1",
+            "concurrent_4",
+            "concurrent_16",
+            "concurrent_64",
+        ][k];
+        let mut m = Measurement::new(
+            name,
+            format!("{tasks} task(s) on one model, each streams every layer from its own rotation; aggregate layer bytes delivered"),
+        );
+        let (mut reads, mut disk) = (Vec::new(), Vec::new());
+        for _ in 0..reps {
+            drop_cache(path)?;
+            let r = rt.block_on(concurrent_pass(path, config.clone(), n, tasks))?;
+            m.runs.push(r.mb_s);
+            reads.push(r.stats.reads);
+            let disk_mb_s = mb_s(r.stats.bytes_read, r.wall);
+            report.check_cold(name, disk_mb_s);
+            disk.push(disk_mb_s);
+        }
+        m.notes += &format!("; disk reads per run {reads:?}");
+        m.extra.insert("tasks".into(), json!(tasks));
+        m.extra.insert("disk_reads".into(), json!(reads));
+        m.extra.insert("disk_mb_s".into(), json!(disk));
+        report.push(m);
+    }
+
+    // Prefetch-ahead: stream_layers with its default lookahead.
+    let model_lookahead = rt.block_on(async {
+        let model = MappedModel::open(path, config.clone()).await?;
+        let l = model.default_lookahead();
+        model.close();
+        anyhow::Ok(l)
+    })?;
+    let mut m = Measurement::new(
+        "prefetch_ahead",
+        format!(
+            "io_uring O_DIRECT, stream_layers default lookahead ({model_lookahead} layers), cold"
+        ),
+    );
+    for _ in 0..reps {
+        drop_cache(path)?;
+        let r = rt.block_on(stream_pass(path, config.clone(), &sequential, None))?;
+        report.check_cold(m.name, r.mb_s);
+        m.runs.push(r.mb_s);
+        m.extra.insert("lookahead".into(), json!(model_lookahead));
+        m.extra
+            .insert("prefetch_used".into(), json!(r.stats.prefetch_used));
+    }
+    report.push(m);
+    Ok(())
+}
+
+/// What one pass through Hyperion measured.
+struct Pass {
+    mb_s: f64,
+    wall: Duration,
+    stats: hyperion::Stats,
+    backend: &'static str,
+}
+
+/// Opens the model and streams `order` through `stream_layers`, timing from
+/// the first request to the last layer delivered.
+async fn stream_pass(
+    path: &Path,
+    config: MmapConfig,
+    order: &[usize],
+    lookahead: Option<usize>,
+) -> anyhow::Result<Pass> {
+    let model = MappedModel::open(path, config).await?;
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    let mut layers = model.stream_layers(order.to_vec(), lookahead);
+    while let Some(w) = layers.next().await {
+        bytes += w?.len() as u64;
+    }
+    drop(layers);
+    let wall = start.elapsed();
+    let pass = Pass {
+        mb_s: mb_s(bytes, wall),
+        wall,
+        stats: model.stats(),
+        backend: model.backend().name(),
+    };
+    model.close();
+    Ok(pass)
+}
+
+/// `tasks` tasks on one model, task `k` streaming every layer starting at
+/// layer `k * n / tasks`; MB/s of all the layer bytes delivered.
+async fn concurrent_pass(
+    path: &Path,
+    config: MmapConfig,
+    n: usize,
+    tasks: usize,
+) -> anyhow::Result<Pass> {
+    let model = MappedModel::open(path, config).await?;
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|k| {
+            let model = model.clone();
+            let first = k * n / tasks;
+            tokio::spawn(async move {
+                let order = (0..n).map(move |i| (first + i) % n);
+                let mut layers = model.stream_layers(order, None);
+                let mut bytes = 0u64;
+                while let Some(w) = layers.next().await {
+                    bytes += w?.len() as u64;
+                }
+                anyhow::Ok(bytes)
+            })
+        })
+        .collect();
+    let mut bytes = 0u64;
+    for h in handles {
+        bytes += h.await.context("a benchmark task failed")??;
+    }
+    let wall = start.elapsed();
+    let pass = Pass {
+        mb_s: mb_s(bytes, wall),
+        wall,
+        stats: model.stats(),
+        backend: model.backend().name(),
+    };
+    model.close();
+    Ok(pass)
+}
+
+/// A Fisher–Yates shuffle of `0..n` driven by SplitMix64 from `seed`.
+fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut v: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+    v
+}
+
+/// Reads the whole file with O_DIRECT, `DIRECT_CHUNK` bytes per request, into
+/// `buf`; returns MB/s.
+fn read_direct(path: &Path, buf: &mut HugeBuf, file_bytes: u64) -> anyhow::Result<f64> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .with_context(|| format!("cannot open {} with O_DIRECT", path.display()))?;
+    let dst = buf.as_mut_slice();
+    let start = Instant::now();
+    let mut off = 0u64;
+    while off < file_bytes {
+        let got = file
+            .read_at(dst, off)
+            .with_context(|| format!("O_DIRECT read at offset {off} failed"))?;
+        if got == 0 {
+            break;
+        }
+        off += got as u64;
+        if got < dst.len() && off < file_bytes {
+            anyhow::bail!("O_DIRECT read at offset {off}: short read of {got} bytes mid-file");
+        }
+    }
+    let wall = start.elapsed();
+    anyhow::ensure!(
+        off == file_bytes,
+        "O_DIRECT reader read {off} of {file_bytes} bytes"
+    );
+    Ok(mb_s(off, wall))
+}
+
+/// Reads the whole file with plain `read` into an 8 MiB buffer; returns MB/s.
+fn read_buffered(path: &Path, file_bytes: u64) -> anyhow::Result<f64> {
+    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut buf = vec![0u8; BUFFERED_CHUNK];
+    buf.fill(1); // touch it before timing
+    let start = Instant::now();
+    let mut total = 0u64;
+    loop {
+        let got = file.read(&mut buf).context("buffered read failed")?;
+        if got == 0 {
+            break;
+        }
+        total += got as u64;
+    }
+    let wall = start.elapsed();
+    anyhow::ensure!(
+        total == file_bytes,
+        "buffered reader read {total} of {file_bytes} bytes"
+    );
+    Ok(mb_s(total, wall))
+}
+
+/// A 2 MiB-aligned anonymous mapping advised `MADV_HUGEPAGE`, pre-faulted,
+/// for the O_DIRECT ceiling reader.
+struct HugeBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    map_ptr: NonNull<u8>,
+    map_len: usize,
+}
+
+impl HugeBuf {
+    fn new(len: usize) -> anyhow::Result<HugeBuf> {
+        let len = len.next_multiple_of(HUGE_PAGE);
+        let map_len = len + HUGE_PAGE;
+        // SAFETY: an anonymous private mapping with no address hint has no
+        // preconditions; the result is checked against MAP_FAILED below.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error())
+                .context("cannot map the O_DIRECT read buffer");
+        }
+        let map_ptr = NonNull::new(raw.cast::<u8>()).context("mmap returned null")?;
+        let skew = (HUGE_PAGE - map_ptr.as_ptr() as usize % HUGE_PAGE) % HUGE_PAGE;
+        // SAFETY: `skew < HUGE_PAGE` and the mapping is `len + HUGE_PAGE`
+        // bytes, so `skew + len <= map_len`: the pointer stays inside the
+        // mapping, which is non-null, so the result is non-null.
+        let ptr = unsafe { NonNull::new_unchecked(map_ptr.as_ptr().add(skew)) };
+        // SAFETY: `ptr..ptr + len` lies inside our own fresh mapping (above).
+        // The advice is a hint: failure (THP disabled) only costs speed.
+        unsafe {
+            libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE);
+        }
+        let mut buf = HugeBuf {
+            ptr,
+            len,
+            map_ptr,
+            map_len,
+        };
+        // Fault the pages in now, so first touch is not timed.
+        buf.as_mut_slice().fill(0);
+        Ok(buf)
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr..ptr + len` is readable and writable memory of our
+        // mapping (zero-filled by the kernel), alive as long as `self`, and
+        // `&mut self` makes this the only reference to it.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for HugeBuf {
+    fn drop(&mut self) {
+        // SAFETY: `map_ptr`/`map_len` are exactly the mapping made in `new`,
+        // unmapped once, here; no slice of it outlives `self` (they borrow it).
+        unsafe {
+            libc::munmap(self.map_ptr.as_ptr().cast(), self.map_len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutation_is_a_permutation() {
+        let mut p = permutation(32, RANDOM_SEED);
+        assert_ne!(p, (0..32).collect::<Vec<_>>());
+        p.sort_unstable();
+        assert_eq!(p, (0..32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn plan_sizes() {
+        let args = |quick, size| Args {
+            json: false,
+            size,
+            dir: None,
+            quick,
+        };
+        let p = Plan::new(&args(false, None)).unwrap();
+        assert_eq!((p.spec.layers, p.spec.layer_size), (32, 64 * MIB));
+        assert_eq!(p.budget, 512 * MIB);
+        let p = Plan::new(&args(true, None)).unwrap();
+        assert_eq!((p.spec.layers, p.spec.layer_size), (16, 16 * MIB));
+        assert_eq!(p.budget, 64 * MIB);
+        let p = Plan::new(&args(true, Some(64 * MIB))).unwrap();
+        assert_eq!((p.spec.layers, p.spec.layer_size), (16, 4 * MIB));
+        assert!(Plan::new(&args(true, Some(1000))).is_err());
+    }
+}
