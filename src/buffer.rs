@@ -17,11 +17,19 @@ use crate::budget::Charge;
 pub(crate) const HUGE_PAGE: usize = 2 << 20;
 const PAGE: usize = 4096;
 
-/// An owned, page-aligned, zero-initialised byte buffer.
+/// An owned, page-aligned, zero-initialised byte buffer: what the loader
+/// reads layers into, public for tools that want the same memory (the
+/// benchmark's ceiling reader).
 ///
-/// It carries the budget [`Charge`] that paid for it, so the budget is
-/// credited exactly when the memory is unmapped.
-pub(crate) struct AlignedBuf {
+/// Inside the loader it carries the budget charge that paid for it, so the
+/// budget is credited exactly when the memory is unmapped.
+///
+/// ```
+/// let mut buf = hyperion::buffer::AlignedBuf::new(4 << 20).unwrap();
+/// assert_eq!(buf.as_slice().as_ptr() as usize % (2 << 20), 0);
+/// buf.as_mut_slice()[0] = 1;
+/// ```
+pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
     /// The whole mapping, of which `ptr..ptr + len` is the aligned part; kept
@@ -39,8 +47,14 @@ unsafe impl Send for AlignedBuf {}
 unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
-    /// Maps a zeroed buffer of `len` bytes (`len` rounded up to whole pages).
-    pub(crate) fn new(len: usize, charge: Option<Charge>) -> io::Result<Self> {
+    /// Maps a zeroed buffer of `len` bytes (rounded up to whole pages),
+    /// 2 MiB-aligned and advised `MADV_HUGEPAGE` from 2 MiB on.
+    pub fn new(len: usize) -> io::Result<Self> {
+        Self::charged(len, None)
+    }
+
+    /// [`AlignedBuf::new`], carrying the budget charge that paid for it.
+    pub(crate) fn charged(len: usize, charge: Option<Charge>) -> io::Result<Self> {
         let len = len.max(1);
         let rounded = len.checked_next_multiple_of(PAGE).ok_or_else(too_large)?;
         let align = if rounded >= HUGE_PAGE {
@@ -93,13 +107,15 @@ impl AlignedBuf {
         self.ptr.as_ptr()
     }
 
-    pub(crate) fn as_slice(&self) -> &[u8] {
+    /// The whole buffer.
+    pub fn as_slice(&self) -> &[u8] {
         // SAFETY: the mapping is `len` readable bytes, zero-filled by the kernel
         // or written by our reads, and lives as long as `self`.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
-    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+    /// The whole buffer, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as in `as_slice`, and `&mut self` makes the access exclusive.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
@@ -134,7 +150,7 @@ mod tests {
     #[test]
     fn buffers_are_aligned_zeroed_and_writable() {
         for len in [1, 4096, 4097, HUGE_PAGE, 3 * HUGE_PAGE + 5] {
-            let mut b = AlignedBuf::new(len, None).unwrap();
+            let mut b = AlignedBuf::new(len).unwrap();
             assert!(b.as_slice().len() >= len && b.as_slice().len() % PAGE == 0);
             let align = if b.as_slice().len() >= HUGE_PAGE {
                 HUGE_PAGE

@@ -3,7 +3,7 @@
 #![warn(missing_docs)]
 
 mod budget;
-mod buffer;
+pub mod buffer;
 mod cache;
 pub mod config;
 pub mod dtype;

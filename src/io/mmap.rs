@@ -103,7 +103,7 @@ impl MmapBackend {
         if let [r] = spec.ranges.as_slice() {
             let Some(map) = &self.maps[r.file] else {
                 // An empty layer in an empty file: nothing to map.
-                let buf = AlignedBuf::new(0, Some(charge))
+                let buf = AlignedBuf::charged(0, Some(charge))
                     .map_err(|e| Error::io(&self.files[r.file], "allocate", e))?;
                 return Ok(LayerBytes {
                     storage: Storage::Heap(buf),
@@ -130,7 +130,7 @@ impl MmapBackend {
             });
         }
         // Several ranges: gather them into one buffer.
-        let mut buf = AlignedBuf::new(spec.size as usize, Some(charge))
+        let mut buf = AlignedBuf::charged(spec.size as usize, Some(charge))
             .map_err(|e| Error::io(&self.files[0], "allocate", e))?;
         let mut at = 0usize;
         for r in &spec.ranges {

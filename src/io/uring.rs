@@ -169,7 +169,7 @@ impl super::ReadBackend for UringBackend {
         let size = spec.size as usize;
         let jobs = self.jobs.clone();
         async move {
-            let buf = AlignedBuf::new(buf_offset, Some(charge))
+            let buf = AlignedBuf::charged(buf_offset, Some(charge))
                 .map_err(|e| Error::io(&path, "allocate", e))?;
             let (reply, answer) = oneshot::channel();
             let job = Job {

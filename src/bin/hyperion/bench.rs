@@ -6,8 +6,9 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::ptr::NonNull;
 use std::time::{Duration, Instant};
+
+use hyperion::buffer::AlignedBuf;
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -332,7 +333,7 @@ fn measure(
         "ceiling_direct",
         "O_DIRECT pread, 4 MiB requests, 2 MiB-aligned MADV_HUGEPAGE buffer, cold",
     );
-    let mut buf = HugeBuf::new(DIRECT_CHUNK)?;
+    let mut buf = huge_buffer(DIRECT_CHUNK)?;
     for _ in 0..reps {
         drop_cache(path)?;
         let v = read_direct(path, &mut buf, file_bytes)?;
@@ -588,7 +589,7 @@ fn permutation(n: usize, seed: u64) -> Vec<usize> {
 
 /// Reads the whole file with O_DIRECT, `DIRECT_CHUNK` bytes per request, into
 /// `buf`; returns MB/s.
-fn read_direct(path: &Path, buf: &mut HugeBuf, file_bytes: u64) -> anyhow::Result<f64> {
+fn read_direct(path: &Path, buf: &mut AlignedBuf, file_bytes: u64) -> anyhow::Result<f64> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
@@ -639,73 +640,12 @@ fn read_buffered(path: &Path, file_bytes: u64) -> anyhow::Result<f64> {
     Ok(mb_s(total, wall))
 }
 
-/// A 2 MiB-aligned anonymous mapping advised `MADV_HUGEPAGE`, pre-faulted,
-/// for the O_DIRECT ceiling reader.
-struct HugeBuf {
-    ptr: NonNull<u8>,
-    len: usize,
-    map_ptr: NonNull<u8>,
-    map_len: usize,
-}
-
-impl HugeBuf {
-    fn new(len: usize) -> anyhow::Result<HugeBuf> {
-        let len = len.next_multiple_of(HUGE_PAGE);
-        let map_len = len + HUGE_PAGE;
-        // SAFETY: an anonymous private mapping with no address hint has no
-        // preconditions; the result is checked against MAP_FAILED below.
-        let raw = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if raw == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error())
-                .context("cannot map the O_DIRECT read buffer");
-        }
-        let map_ptr = NonNull::new(raw.cast::<u8>()).context("mmap returned null")?;
-        let skew = (HUGE_PAGE - map_ptr.as_ptr() as usize % HUGE_PAGE) % HUGE_PAGE;
-        // SAFETY: `skew < HUGE_PAGE` and the mapping is `len + HUGE_PAGE`
-        // bytes, so `skew + len <= map_len`: the pointer stays inside the
-        // mapping, which is non-null, so the result is non-null.
-        let ptr = unsafe { NonNull::new_unchecked(map_ptr.as_ptr().add(skew)) };
-        // SAFETY: `ptr..ptr + len` lies inside our own fresh mapping (above).
-        // The advice is a hint: failure (THP disabled) only costs speed.
-        unsafe {
-            libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE);
-        }
-        let mut buf = HugeBuf {
-            ptr,
-            len,
-            map_ptr,
-            map_len,
-        };
-        // Fault the pages in now, so first touch is not timed.
-        buf.as_mut_slice().fill(0);
-        Ok(buf)
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: `ptr..ptr + len` is readable and writable memory of our
-        // mapping (zero-filled by the kernel), alive as long as `self`, and
-        // `&mut self` makes this the only reference to it.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for HugeBuf {
-    fn drop(&mut self) {
-        // SAFETY: `map_ptr`/`map_len` are exactly the mapping made in `new`,
-        // unmapped once, here; no slice of it outlives `self` (they borrow it).
-        unsafe {
-            libc::munmap(self.map_ptr.as_ptr().cast(), self.map_len);
-        }
-    }
+/// A 2 MiB-aligned, `MADV_HUGEPAGE` buffer (the loader's own kind),
+/// pre-faulted so first touch is not timed.
+fn huge_buffer(len: usize) -> anyhow::Result<AlignedBuf> {
+    let mut buf = AlignedBuf::new(len.next_multiple_of(HUGE_PAGE))?;
+    buf.as_mut_slice().fill(0);
+    Ok(buf)
 }
 
 #[cfg(test)]
