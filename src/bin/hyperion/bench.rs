@@ -512,21 +512,8 @@ async fn stream_pass(
 ) -> anyhow::Result<Pass> {
     let model = MappedModel::open(path, config).await?;
     let start = Instant::now();
-    let mut bytes = 0u64;
-    let mut layers = model.stream_layers(order.to_vec(), lookahead);
-    while let Some(w) = layers.next().await {
-        bytes += w?.len() as u64;
-    }
-    drop(layers);
-    let wall = start.elapsed();
-    let pass = Pass {
-        mb_s: mb_s(bytes, wall),
-        wall,
-        stats: model.stats(),
-        backend: model.backend().name(),
-    };
-    model.close();
-    Ok(pass)
+    let bytes = stream_bytes(&model, order.to_vec(), lookahead).await?;
+    Ok(finish(model, bytes, start))
 }
 
 /// `tasks` tasks on one model, task `k` streaming every layer starting at
@@ -545,12 +532,7 @@ async fn concurrent_pass(
             let first = k * n / tasks;
             tokio::spawn(async move {
                 let order = (0..n).map(move |i| (first + i) % n);
-                let mut layers = model.stream_layers(order, None);
-                let mut bytes = 0u64;
-                while let Some(w) = layers.next().await {
-                    bytes += w?.len() as u64;
-                }
-                anyhow::Ok(bytes)
+                stream_bytes(&model, order, None).await
             })
         })
         .collect();
@@ -558,6 +540,25 @@ async fn concurrent_pass(
     for h in handles {
         bytes += h.await.context("a benchmark task failed")??;
     }
+    Ok(finish(model, bytes, start))
+}
+
+/// Streams `order` and returns the layer bytes delivered.
+async fn stream_bytes(
+    model: &MappedModel,
+    order: impl IntoIterator<Item = usize>,
+    lookahead: Option<usize>,
+) -> anyhow::Result<u64> {
+    let mut layers = model.stream_layers(order, lookahead);
+    let mut bytes = 0u64;
+    while let Some(w) = layers.next().await {
+        bytes += w?.len() as u64;
+    }
+    Ok(bytes)
+}
+
+/// The pass's figures, taken when its last layer was delivered; closes the model.
+fn finish(model: MappedModel, bytes: u64, start: Instant) -> Pass {
     let wall = start.elapsed();
     let pass = Pass {
         mb_s: mb_s(bytes, wall),
@@ -566,7 +567,7 @@ async fn concurrent_pass(
         backend: model.backend().name(),
     };
     model.close();
-    Ok(pass)
+    pass
 }
 
 /// A Fisher–Yates shuffle of `0..n` driven by SplitMix64 from `seed`.
