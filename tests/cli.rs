@@ -1,40 +1,41 @@
 //! The `hyperion` command line: synth, inspect, and clean failures.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 fn hyperion() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hyperion"))
+}
+
+/// Runs `cmd`, asserting that it succeeds (showing its stderr if not).
+fn succeed(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 #[test]
 fn synth_then_inspect_json_describes_the_model() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.tmai");
-    let out = hyperion()
-        .args([
-            "synth",
-            "--layers",
-            "3",
-            "--layer-size",
-            "8192",
-            "--precision",
-            "16",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        hyperion()
+            .args([
+                "synth",
+                "--layers",
+                "3",
+                "--layer-size",
+                "8192",
+                "--precision",
+                "16",
+            ])
+            .arg(&path),
     );
 
-    let out = hyperion()
-        .args(["inspect", "--json"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = succeed(hyperion().args(["inspect", "--json"]).arg(&path));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["format"], "tmai");
     assert_eq!(v["layer_count"], 3);
@@ -173,21 +174,10 @@ fn verify_tensor_and_convert_read_through_the_loader() {
     };
     hyperion::synth::write(&path, &spec).unwrap();
 
-    let out = hyperion().arg("verify").arg(&path).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeed(hyperion().arg("verify").arg(&path));
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok — 4 layers"));
 
-    let out = hyperion()
-        .arg("tensor")
-        .arg(&path)
-        .arg("layers.3.tail")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = succeed(hyperion().arg("tensor").arg(&path).arg("layers.3.tail"));
     assert_eq!(out.stdout, spec.layer_bytes(3)[256 * 4..]);
     let out = hyperion()
         .arg("tensor")
@@ -199,17 +189,7 @@ fn verify_tensor_and_convert_read_through_the_loader() {
 
     // A .tmai converts to an identical file.
     let copy = dir.path().join("copy.tmai");
-    let out = hyperion()
-        .arg("convert")
-        .arg(&path)
-        .arg(&copy)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(hyperion().arg("convert").arg(&path).arg(&copy));
     assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&copy).unwrap());
 
     // A flipped byte in a layer fails verification, naming the layer.
@@ -285,17 +265,7 @@ fn convert_keeps_every_tensor_of_safetensors_and_gguf_files() {
 
     for source in [gguf, st] {
         let out = dir.path().join("converted.tmai");
-        let status = hyperion()
-            .arg("convert")
-            .arg(&source)
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(
-            status.status.success(),
-            "{}",
-            String::from_utf8_lossy(&status.stderr)
-        );
+        succeed(hyperion().arg("convert").arg(&source).arg(&out));
         let (a, b) = (tensors_of(&source), tensors_of(&out));
         assert!(!a.is_empty());
         assert_eq!(a, b, "{}: converted tensors differ", source.display());
