@@ -6,10 +6,36 @@
 //! [`LayerWeights`](crate::LayerWeights) handle drops, or when an abandoned
 //! read's buffer is finally dropped. The budget therefore bounds every live
 //! layer buffer at every instant: cached, held by callers, or being read.
+//!
+//! # The buffer pool
+//!
+//! The budget also keeps the **idle pool**: mappings of layer buffers that
+//! were dropped, kept (already faulted in) for the next read instead of being
+//! unmapped, because first touch of fresh memory is expensive. An idle
+//! mapping **stays charged**: the limit bounds live buffers *plus* idle ones,
+//! so the pool can never push the process past `max_cache_size`.
+//!
+//! - A reservation of `n` bytes first takes over an idle mapping whose
+//!   charge is exactly `n` (the charge moves with it; nothing is added).
+//!   Exact matching keeps the accounting exact and is what layers of one
+//!   model need: they come in a handful of sizes, and equal charges mean
+//!   equal buffer lengths (see [`AlignedBuf::charged`](crate::buffer::AlignedBuf::charged)).
+//! - Otherwise it charges `n` fresh bytes if they fit.
+//! - If they do not, it **reclaims** idle mappings (the largest first, each
+//!   unmapped before its bytes are uncharged) until they fit or the pool is
+//!   empty — before the caller evicts any cached layer. So a reservation that
+//!   fails leaves the pool empty: the caller never evicts, waits or reports
+//!   the budget exhausted while idle memory could have been used.
+//! - [`Budget::close_pool`] (the model's close) unmaps every idle mapping and
+//!   turns the pool away from then on: buffers dropped after close are
+//!   unmapped.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
+
+use crate::buffer::Mapping;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -31,8 +57,60 @@ pub(crate) struct Budget {
 
 #[derive(Debug, Default)]
 struct State {
+    /// Bytes charged: live buffers and idle pooled mappings.
     used: u64,
+    /// Of `used`, the bytes of mappings idle in `pool`.
+    idle: u64,
+    /// The most `used` ever was.
     peak: u64,
+    /// Idle mappings by the bytes they are charged for.
+    pool: BTreeMap<u64, Vec<Mapping>>,
+    /// Set by [`Budget::close_pool`]: buffers are unmapped, not pooled.
+    pool_closed: bool,
+    /// Reservations that took over an idle mapping.
+    reuses: u64,
+    /// Idle mappings unmapped to make room.
+    reclaimed: u64,
+}
+
+impl State {
+    /// Removes the largest idle mapping, returning it with its charge.
+    fn pop_largest(&mut self) -> Option<(u64, Mapping)> {
+        let mut entry = self.pool.last_entry()?;
+        let bytes = *entry.key();
+        let map = entry.get_mut().pop();
+        if entry.get().is_empty() {
+            entry.remove();
+        }
+        let map = map?;
+        self.idle -= bytes;
+        Some((bytes, map))
+    }
+
+    /// Removes an idle mapping charged exactly `bytes`.
+    fn take_exact(&mut self, bytes: u64) -> Option<Mapping> {
+        let maps = self.pool.get_mut(&bytes)?;
+        let map = maps.pop();
+        if maps.is_empty() {
+            self.pool.remove(&bytes);
+        }
+        let map = map?;
+        self.idle -= bytes;
+        Some(map)
+    }
+}
+
+/// The budget's figures at one instant (one lock), for [`Stats`](crate::Stats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    /// Bytes of live layer buffers: cached, held, or being read.
+    pub(crate) live: u64,
+    /// Bytes of idle pooled mappings (charged too).
+    pub(crate) idle: u64,
+    /// The most bytes ever charged at once (live + idle).
+    pub(crate) peak: u64,
+    pub(crate) pool_reuses: u64,
+    pub(crate) pool_reclaimed: u64,
 }
 
 impl Budget {
@@ -49,26 +127,106 @@ impl Budget {
         self.max
     }
 
-    /// Bytes charged right now.
-    pub(crate) fn used(&self) -> u64 {
-        self.state.lock().used
+    /// Bytes of live layer buffers (charged and not idle in the pool).
+    pub(crate) fn live(&self) -> u64 {
+        let s = self.state.lock();
+        s.used - s.idle
     }
 
-    /// The most bytes ever charged at once.
-    pub(crate) fn peak(&self) -> u64 {
-        self.state.lock().peak
+    /// Whether the pool holds idle memory that a reservation could reclaim.
+    pub(crate) fn has_idle(&self) -> bool {
+        self.state.lock().idle > 0
     }
 
-    /// Reserves `bytes` if they fit under the limit.
+    /// The budget's figures, taken under one lock.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let s = self.state.lock();
+        Snapshot {
+            live: s.used - s.idle,
+            idle: s.idle,
+            peak: s.peak,
+            pool_reuses: s.reuses,
+            pool_reclaimed: s.reclaimed,
+        }
+    }
+
+    /// Reserves `bytes`: takes over an idle mapping charged exactly `bytes`
+    /// if the pool has one, else charges them if they fit under the limit,
+    /// reclaiming idle mappings first if that is what it takes. `None` if
+    /// they do not fit even with the pool empty (it is then empty).
     pub(crate) fn try_reserve(self: &Arc<Self>, bytes: u64) -> Option<Charge> {
-        let mut s = self.state.lock();
-        let used = s.used.checked_add(bytes).filter(|&u| u <= self.max)?;
-        s.used = used;
-        s.peak = s.peak.max(used);
-        Some(Charge {
-            budget: Arc::clone(self),
-            bytes,
-        })
+        if bytes > self.max {
+            return None;
+        }
+        loop {
+            let mut reclaim = Vec::new();
+            {
+                let mut s = self.state.lock();
+                if let Some(map) = s.take_exact(bytes) {
+                    s.reuses += 1;
+                    return Some(Charge {
+                        budget: Arc::clone(self),
+                        bytes,
+                        pooled: Some(map),
+                    });
+                }
+                if s.used + bytes <= self.max {
+                    s.used += bytes;
+                    s.peak = s.peak.max(s.used);
+                    return Some(Charge {
+                        budget: Arc::clone(self),
+                        bytes,
+                        pooled: None,
+                    });
+                }
+                // Reclaim idle mappings until `bytes` fit. They stay charged
+                // until they are unmapped, outside the lock.
+                let mut freed = 0;
+                while s.used - freed + bytes > self.max {
+                    let Some((b, map)) = s.pop_largest() else {
+                        break;
+                    };
+                    freed += b;
+                    reclaim.push(map);
+                }
+                if reclaim.is_empty() {
+                    return None;
+                }
+                s.reclaimed += reclaim.len() as u64;
+                drop(s);
+                drop(reclaim);
+                self.release(freed);
+            }
+        }
+    }
+
+    /// Puts `map`, charged `bytes`, in the idle pool; gives it back if the
+    /// pool is closed.
+    fn put_idle(&self, bytes: u64, map: Mapping) -> Result<(), Mapping> {
+        {
+            let mut s = self.state.lock();
+            if s.pool_closed {
+                return Err(map);
+            }
+            s.idle += bytes;
+            s.pool.entry(bytes).or_default().push(map);
+        }
+        // A fetch waiting for memory can take or reclaim it.
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Unmaps every idle mapping and returns its bytes; buffers dropped
+    /// from now on are unmapped instead of pooled.
+    pub(crate) fn close_pool(&self) {
+        let (pool, bytes) = {
+            let mut s = self.state.lock();
+            s.pool_closed = true;
+            let bytes = std::mem::take(&mut s.idle);
+            (std::mem::take(&mut s.pool), bytes)
+        };
+        drop(pool);
+        self.release(bytes);
     }
 
     /// Counts the caller as waiting for memory until the guard drops.
@@ -104,16 +262,64 @@ impl Budget {
 }
 
 /// A reservation of budget bytes, returned when dropped.
+///
+/// A charge may come with an idle mapping it took over from the pool: that
+/// mapping *is* the memory it pays for. Read engines get it through
+/// [`AlignedBuf::charged`](crate::buffer::AlignedBuf::charged); an engine
+/// that puts the charge in other memory (the mmap backend's views) must
+/// first call [`Charge::unpooled`], or the process would hold both.
 #[derive(Debug)]
 #[must_use = "a charge returns its bytes when dropped"]
 pub(crate) struct Charge {
     budget: Arc<Budget>,
+    /// 0 once handed to the pool (nothing left to release).
     bytes: u64,
+    pooled: Option<Mapping>,
+}
+
+impl Charge {
+    /// Takes the idle mapping this charge took over from the pool, if any.
+    pub(crate) fn take_mapping(&mut self) -> Option<Mapping> {
+        self.pooled.take()
+    }
+
+    /// This charge without the pooled mapping it took over, which is
+    /// unmapped: for an engine that puts the charge in memory that is not a
+    /// buffer (the charge then pays for that memory instead).
+    pub(crate) fn unpooled(mut self) -> Charge {
+        drop(self.take_mapping());
+        self
+    }
+
+    /// Hands `map`, the memory this charge paid for, to the idle pool with
+    /// the charge; if the pool is closed, unmaps it and then returns the bytes.
+    pub(crate) fn recycle(mut self, map: Mapping) {
+        debug_assert!(
+            self.pooled.is_none(),
+            "a buffer's charge has no other mapping"
+        );
+        let bytes = std::mem::take(&mut self.bytes);
+        if let Err(map) = self.budget.put_idle(bytes, map) {
+            drop(map);
+            self.budget.release(bytes);
+        }
+    }
 }
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        self.budget.release(self.bytes);
+        // A charge dropped unused gives its pooled mapping back to the pool.
+        if let Some(map) = self.pooled.take() {
+            let bytes = std::mem::take(&mut self.bytes);
+            if let Err(map) = self.budget.put_idle(bytes, map) {
+                drop(map);
+                self.budget.release(bytes);
+            }
+            return;
+        }
+        if self.bytes > 0 {
+            self.budget.release(self.bytes);
+        }
     }
 }
 
@@ -136,13 +342,13 @@ mod tests {
         let a = b.try_reserve(6_000).unwrap();
         assert!(b.try_reserve(4_001).is_none());
         let c = b.try_reserve(4_000).unwrap();
-        assert_eq!(b.used(), 10_000);
+        assert_eq!(b.live(), 10_000);
         assert!(b.try_reserve(1).is_none());
         drop(a);
-        assert_eq!(b.used(), 4_000);
+        assert_eq!(b.live(), 4_000);
         drop(c);
-        assert_eq!(b.used(), 0);
-        assert_eq!(b.peak(), 10_000);
+        assert_eq!(b.live(), 0);
+        assert_eq!(b.snapshot().peak, 10_000);
         assert!(b.try_reserve(u64::MAX).is_none());
     }
 }

@@ -1,4 +1,5 @@
-//! Page-aligned layer buffers, ready for direct I/O.
+//! Page-aligned layer buffers, ready for direct I/O, and the mappings the
+//! buffer pool keeps between reads.
 //!
 //! Buffers are anonymous memory mappings rather than heap allocations:
 //! the kernel hands them out zero-filled without touching them (so nothing is
@@ -7,6 +8,22 @@
 //! 2 MiB-aligned and advised `MADV_HUGEPAGE` (so a 4 MiB direct read becomes
 //! one 4 MiB device request instead of many 0.5 MiB ones, see
 //! `docs/architecture.md`), and `munmap` gives the memory back to the OS at once.
+//!
+//! # The pool
+//!
+//! First touch of fresh anonymous memory is expensive (the kernel zeroes and
+//! maps every page on the first write), so the loader reuses layer buffers:
+//! when a buffer that carries a budget charge drops, its mapping goes to the
+//! budget's idle pool *with its charge* instead of being unmapped, and a
+//! later reservation of the same number of bytes takes it over
+//! (`Budget::try_reserve`, which also reclaims idle mappings before anything
+//! is evicted; `docs/architecture.md`, "The buffer pool").
+//! `AlignedBuf::charged` (crate-private) is the one entry point through which
+//! a read engine gets a charged buffer:
+//! it uses the mapping the charge took over when that is large enough, and
+//! maps fresh memory otherwise. A reused mapping keeps the alignment and
+//! `MADV_HUGEPAGE` advice it was created with, and is *not* zeroed: it holds
+//! the bytes of an earlier layer until the read overwrites them.
 
 use std::io;
 use std::ptr::NonNull;
@@ -17,46 +34,30 @@ use crate::budget::Charge;
 pub(crate) const HUGE_PAGE: usize = 2 << 20;
 const PAGE: usize = 4096;
 
-/// An owned, page-aligned, zero-initialised byte buffer: what the loader
-/// reads layers into, public for tools that want the same memory (the
-/// benchmark's ceiling reader).
-///
-/// Inside the loader it carries the budget charge that paid for it, so the
-/// budget is credited exactly when the memory is unmapped.
-///
-/// ```
-/// let mut buf = hyperion::buffer::AlignedBuf::new(4 << 20).unwrap();
-/// assert_eq!(buf.as_slice().as_ptr() as usize % (2 << 20), 0);
-/// buf.as_mut_slice()[0] = 1;
-/// ```
-pub struct AlignedBuf {
+/// An anonymous private mapping and the aligned window inside it that a
+/// buffer uses. Unmapped when dropped.
+pub(crate) struct Mapping {
+    /// The aligned start: 2 MiB-aligned if `cap >= HUGE_PAGE`, else 4 KiB.
     ptr: NonNull<u8>,
-    len: usize,
-    /// The whole mapping, of which `ptr..ptr + len` is the aligned part; kept
+    /// Usable bytes from `ptr`, a whole number of pages.
+    cap: usize,
+    /// The whole mapping, of which `ptr..ptr + cap` is the aligned part; kept
     /// to unmap exactly what was mapped.
     map_ptr: NonNull<u8>,
     map_len: usize,
-    _charge: Option<Charge>,
 }
 
-// SAFETY: `AlignedBuf` owns its mapping exclusively (like a `Box<[u8]>`);
-// shared access only reads, mutation needs `&mut self` or goes through the raw
-// pointer under the I/O layer's own exclusivity rules.
-unsafe impl Send for AlignedBuf {}
-// SAFETY: as above; `&AlignedBuf` only gives out `&[u8]`.
-unsafe impl Sync for AlignedBuf {}
+// SAFETY: a `Mapping` owns its memory exclusively (like a `Box<[u8]>`) and has
+// no thread affinity; it hands out no references itself.
+unsafe impl Send for Mapping {}
+// SAFETY: `&Mapping` gives access to nothing but its sizes.
+unsafe impl Sync for Mapping {}
 
-impl AlignedBuf {
-    /// Maps a zeroed buffer of `len` bytes (rounded up to whole pages),
+impl Mapping {
+    /// Maps `rounded` zeroed bytes (a non-zero multiple of [`PAGE`]),
     /// 2 MiB-aligned and advised `MADV_HUGEPAGE` from 2 MiB on.
-    pub fn new(len: usize) -> io::Result<Self> {
-        Self::charged(len, None)
-    }
-
-    /// [`AlignedBuf::new`], carrying the budget charge that paid for it.
-    pub(crate) fn charged(len: usize, charge: Option<Charge>) -> io::Result<Self> {
-        let len = len.max(1);
-        let rounded = len.checked_next_multiple_of(PAGE).ok_or_else(too_large)?;
+    fn new(rounded: usize) -> io::Result<Self> {
+        debug_assert!(rounded > 0 && rounded % PAGE == 0);
         let align = if rounded >= HUGE_PAGE {
             HUGE_PAGE
         } else {
@@ -92,12 +93,104 @@ impl AlignedBuf {
                 libc::madvise(ptr.as_ptr().cast(), rounded, libc::MADV_HUGEPAGE);
             }
         }
-        Ok(AlignedBuf {
+        Ok(Mapping {
             ptr,
-            len: rounded,
+            cap: rounded,
             map_ptr,
             map_len,
-            _charge: charge,
+        })
+    }
+
+    /// Usable bytes.
+    pub(crate) fn capacity(&self) -> usize {
+        self.cap
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `map_ptr`/`map_len` are exactly the mapping made in `new`,
+        // unmapped once, here; every buffer that pointed into it was dropped
+        // before the mapping (an `AlignedBuf` owns its `Mapping`).
+        unsafe {
+            libc::munmap(self.map_ptr.as_ptr().cast(), self.map_len);
+        }
+    }
+}
+
+impl std::fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mapping").field("cap", &self.cap).finish()
+    }
+}
+
+/// An owned, page-aligned byte buffer: what the loader reads layers into,
+/// public for tools that want the same memory (the benchmark's ceiling
+/// reader).
+///
+/// Inside the loader it carries the budget charge that paid for it, so the
+/// budget is credited exactly when the memory is unmapped, and its mapping
+/// goes back to the budget's pool when it drops (see the [module](self) docs).
+/// A buffer made with [`AlignedBuf::new`] is never pooled.
+///
+/// ```
+/// let mut buf = hyperion::buffer::AlignedBuf::new(4 << 20).unwrap();
+/// assert_eq!(buf.as_slice().as_ptr() as usize % (2 << 20), 0);
+/// buf.as_mut_slice()[0] = 1;
+/// ```
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    /// Always `Some` until `drop` takes it. Declared before `charge`: when
+    /// both drop as fields, the memory is unmapped before it is uncharged.
+    map: Option<Mapping>,
+    charge: Option<Charge>,
+}
+
+// SAFETY: `AlignedBuf` owns its mapping exclusively (like a `Box<[u8]>`);
+// shared access only reads, mutation needs `&mut self` or goes through the raw
+// pointer under the I/O layer's own exclusivity rules.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: as above; `&AlignedBuf` only gives out `&[u8]`.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// Maps a zeroed buffer of `len` bytes (rounded up to whole pages),
+    /// 2 MiB-aligned and advised `MADV_HUGEPAGE` from 2 MiB on. Never pooled:
+    /// its memory is unmapped when it drops.
+    pub fn new(len: usize) -> io::Result<Self> {
+        Self::charged(len, None)
+    }
+
+    /// A buffer of `len` bytes (rounded up to whole pages) paid for by
+    /// `charge`: the one way a read engine gets a layer buffer.
+    ///
+    /// If the charge took over an idle mapping from the pool and that
+    /// mapping holds at least the rounded `len`, the buffer is that mapping
+    /// (same alignment, same huge-page advice), and its bytes are whatever
+    /// the previous layer left there: **the caller must overwrite every byte
+    /// it exposes, or fail.** Otherwise (no charge, no pooled mapping, or one
+    /// too small, which is unmapped first) fresh zeroed memory is mapped as
+    /// by [`AlignedBuf::new`]. When the buffer drops, a charged buffer's
+    /// mapping returns to the pool with its charge.
+    pub(crate) fn charged(len: usize, mut charge: Option<Charge>) -> io::Result<Self> {
+        let rounded = len
+            .max(1)
+            .checked_next_multiple_of(PAGE)
+            .ok_or_else(too_large)?;
+        let map = match charge.as_mut().and_then(Charge::take_mapping) {
+            Some(m) if m.capacity() >= rounded => m,
+            Some(small) => {
+                drop(small);
+                Mapping::new(rounded)?
+            }
+            None => Mapping::new(rounded)?,
+        };
+        Ok(AlignedBuf {
+            ptr: map.ptr,
+            len: rounded,
+            map: Some(map),
+            charge,
         })
     }
 
@@ -109,8 +202,9 @@ impl AlignedBuf {
 
     /// The whole buffer.
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: the mapping is `len` readable bytes, zero-filled by the kernel
-        // or written by our reads, and lives as long as `self`.
+        // SAFETY: the mapping holds at least `len` readable bytes from `ptr`
+        // (zero-filled by the kernel or written by our reads) and lives as
+        // long as `self`.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
@@ -123,10 +217,13 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        // SAFETY: `map_ptr`/`map_len` are exactly the mapping made in `new`,
-        // unmapped once, here; no reference into it outlives `self`.
-        unsafe {
-            libc::munmap(self.map_ptr.as_ptr().cast(), self.map_len);
+        // A charged buffer's mapping goes to the pool with its charge (or, if
+        // the pool is closed, is unmapped and then uncharged). An uncharged
+        // one is unmapped when the `map` field drops.
+        if self.charge.is_some() {
+            if let (Some(map), Some(charge)) = (self.map.take(), self.charge.take()) {
+                charge.recycle(map);
+            }
         }
     }
 }
@@ -146,6 +243,7 @@ fn too_large() -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::Budget;
 
     #[test]
     fn buffers_are_aligned_zeroed_and_writable() {
@@ -162,5 +260,46 @@ mod tests {
             b.as_mut_slice().fill(7);
             assert!(b.as_slice().iter().all(|&x| x == 7));
         }
+    }
+
+    #[test]
+    fn a_reused_mapping_keeps_its_address_and_huge_page_alignment() {
+        for len in [3 * PAGE, HUGE_PAGE, 3 * HUGE_PAGE] {
+            let budget = Budget::new(64 << 20);
+            let bytes = len as u64;
+            let mut first = AlignedBuf::charged(len, budget.try_reserve(bytes)).unwrap();
+            first.as_mut_slice().fill(9);
+            let addr = first.as_mut_ptr() as usize;
+            drop(first);
+            assert_eq!(
+                budget.snapshot().idle,
+                bytes,
+                "the mapping went to the pool"
+            );
+            let again = AlignedBuf::charged(len, budget.try_reserve(bytes)).unwrap();
+            assert_eq!(again.as_mut_ptr() as usize, addr, "the same mapping");
+            let align = if len >= HUGE_PAGE { HUGE_PAGE } else { PAGE };
+            assert_eq!(addr % align, 0);
+            // Not zeroed: the previous contents are still there (the reader
+            // must overwrite what it exposes).
+            assert!(again.as_slice().iter().all(|&x| x == 9));
+            let s = budget.snapshot();
+            assert_eq!((s.live, s.idle, s.pool_reuses), (bytes, 0, 1));
+            drop(again);
+            budget.close_pool();
+            assert_eq!(budget.snapshot().live + budget.snapshot().idle, 0);
+        }
+    }
+
+    #[test]
+    fn a_pooled_mapping_too_small_for_the_buffer_is_replaced() {
+        let budget = Budget::new(1 << 20);
+        drop(AlignedBuf::charged(PAGE, budget.try_reserve(2 * PAGE as u64)).unwrap());
+        // The same charge, a larger buffer: the small mapping is unmapped and
+        // a fresh, zeroed one is mapped under the same charge.
+        let b = AlignedBuf::charged(2 * PAGE, budget.try_reserve(2 * PAGE as u64)).unwrap();
+        assert_eq!(b.as_slice().len(), 2 * PAGE);
+        assert!(b.as_slice().iter().all(|&x| x == 0));
+        assert_eq!(budget.snapshot().live, 2 * PAGE as u64);
     }
 }

@@ -359,8 +359,13 @@ impl MappedModel {
     }
 
     /// Bytes of layer buffers alive now: cached, held by callers, or being read.
+    ///
+    /// Buffers the loader keeps idle for reuse after their layer was dropped
+    /// are not included (so releasing a layer visibly frees it), but they do
+    /// count against `max_cache_size`: see [`Stats::pool_idle_bytes`]. Both
+    /// are zero after [`close`](Self::close) once every handle has dropped.
     pub fn memory_usage(&self) -> u64 {
-        self.shared.budget.used()
+        self.shared.budget.live()
     }
 
     /// Sets layer `layer`'s retention priority: when memory is needed, lower
@@ -468,7 +473,7 @@ impl MappedModel {
     /// A snapshot of the model's counters.
     pub fn stats(&self) -> Stats {
         let s = &self.shared;
-        s.counters.snapshot(s.budget.used(), s.budget.peak())
+        s.counters.snapshot(s.budget.snapshot())
     }
 
     /// Checks the eviction policy's internal invariants (for tests and fuzzing).
@@ -692,9 +697,14 @@ impl Shared {
                 path: Arc::clone(&self.path),
                 layer,
                 needed,
-                held: budget.used(),
+                held: budget.live(),
                 budget: budget.max(),
             };
+            // `try_reserve` reclaims idle pooled memory before it fails, but a
+            // buffer may have been pooled since: use it before giving up.
+            if budget.has_idle() {
+                continue;
+            }
             if origin == Origin::Prefetch || self.closed.load(Relaxed) {
                 return Err(exhausted());
             }
@@ -746,6 +756,10 @@ impl Shared {
         let slots = self.cache.drain();
         drop(slots);
         drop(backend);
+        // Unmap the idle buffers (the drained layers' among them); buffers
+        // dropped from now on (handles that outlive close, reads that land
+        // late) are unmapped, not pooled.
+        self.budget.close_pool();
         self.budget.changed.notify_waiters();
     }
 }

@@ -37,10 +37,23 @@ pub struct Stats {
     pub prefetch_skipped: u64,
     /// The most prefetch reads ever in flight at once (≤ `prefetch_threads`).
     pub prefetch_peak_in_flight: u64,
-    /// Bytes of layer buffers alive now (cached, held, or being read).
+    /// Bytes of layer buffers alive now (cached, held, or being read); the
+    /// same as [`MappedModel::memory_usage`](crate::MappedModel::memory_usage).
+    /// Idle pooled buffers are not included: see `pool_idle_bytes`.
     pub memory_usage: u64,
-    /// The most bytes of layer buffers ever alive at once (≤ `max_cache_size`).
+    /// The most bytes of layer memory ever held at once: live buffers plus
+    /// idle pooled ones, the sum that `max_cache_size` bounds (so
+    /// ≤ `max_cache_size`, and ≥ every `memory_usage` ever seen).
     pub peak_memory: u64,
+    /// Bytes of buffers idle in the pool now, kept mapped (and charged to the
+    /// budget) for the next read. `memory_usage + pool_idle_bytes` is all
+    /// the layer memory the model holds, never more than `max_cache_size`.
+    pub pool_idle_bytes: u64,
+    /// Reads whose memory was an idle pooled buffer rather than a fresh one.
+    pub pool_reuses: u64,
+    /// Idle pooled buffers unmapped to make room for a read of another size
+    /// (before any cached layer is evicted).
+    pub pool_reclaimed: u64,
 }
 
 impl Stats {
@@ -102,7 +115,7 @@ impl Counters {
         (b.total + open).as_nanos() as u64
     }
 
-    pub(crate) fn snapshot(&self, memory_usage: u64, peak_memory: u64) -> Stats {
+    pub(crate) fn snapshot(&self, budget: crate::budget::Snapshot) -> Stats {
         Stats {
             hits: self.hits.load(Relaxed),
             misses: self.misses.load(Relaxed),
@@ -117,8 +130,11 @@ impl Counters {
             prefetch_wasted: self.prefetch_wasted.load(Relaxed),
             prefetch_skipped: self.prefetch_skipped.load(Relaxed),
             prefetch_peak_in_flight: self.prefetch_peak_in_flight.load(Relaxed),
-            memory_usage,
-            peak_memory,
+            memory_usage: budget.live,
+            peak_memory: budget.peak,
+            pool_idle_bytes: budget.idle,
+            pool_reuses: budget.pool_reuses,
+            pool_reclaimed: budget.pool_reclaimed,
         }
     }
 }

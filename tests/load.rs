@@ -74,7 +74,9 @@ async fn random_operations(backend: Backend, adaptive: bool) {
                     8 => model.release(i).unwrap(),
                     _ => model.set_priority(i, rng.random_range(-2.0..2.0)).unwrap(),
                 }
-                if model.memory_usage() > budget {
+                // Live buffers and idle pooled ones share the budget.
+                let s = model.stats();
+                if s.memory_usage + s.pool_idle_bytes > budget {
                     over.fetch_add(1, Relaxed);
                 }
             }
@@ -85,7 +87,8 @@ async fn random_operations(backend: Backend, adaptive: bool) {
         let (model, over) = (model.clone(), over_budget.clone());
         tokio::spawn(async move {
             for _ in 0..200 {
-                if model.memory_usage() > budget {
+                let s = model.stats();
+                if s.memory_usage + s.pool_idle_bytes > budget {
                     over.fetch_add(1, Relaxed);
                 }
                 tokio::time::sleep(Duration::from_micros(200)).await;
@@ -100,6 +103,9 @@ async fn random_operations(backend: Backend, adaptive: bool) {
     assert_eq!(over_budget.load(Relaxed), 0);
     assert!(s.peak_memory <= budget, "peak {} > {budget}", s.peak_memory);
     assert!(s.evictions > 0 && s.reads > layers as u64);
+    if backend == Backend::IoUring {
+        assert!(s.pool_reuses > 0, "the pool was never used: {s:?}");
+    }
     println!(
         "{backend:?} (adaptive: {adaptive}): {} operations by {tasks} tasks, {} reads, {} evictions, {} MiB verified, peak {} of {budget}",
         tasks * ops,
@@ -111,7 +117,8 @@ async fn random_operations(backend: Backend, adaptive: bool) {
     let watcher = model.clone();
     model.close();
     eventually("memory returns to zero after close", || {
-        watcher.memory_usage() == 0
+        let s = watcher.stats();
+        s.memory_usage == 0 && s.pool_idle_bytes == 0
     })
     .await;
 }

@@ -113,6 +113,9 @@ impl MmapBackend {
             };
             let start = align_down(r.offset, BLOCK) as usize;
             let end = (align_up(r.end(), BLOCK) as usize).min(map.len());
+            // The charge pays for the view's pages, not for a buffer: unmap
+            // any pooled buffer it took over, so both are never held at once.
+            let charge = charge.unpooled();
             let view = MappedView {
                 map: Arc::clone(map),
                 start,
