@@ -828,20 +828,25 @@ impl Load {
         let spec = &s.index.layers[layer];
         let started = Instant::now();
         let busy = s.counters.read_started();
-        let bytes = backend.read(layer, spec, charge).await;
-        drop(busy);
-        let bytes = bytes?;
-        s.counters
-            .read_nanos
-            .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
-        Counters::bump(&s.counters.reads);
-        s.counters.bytes_read.fetch_add(spec.size, Relaxed);
+        // Checksums are checked as part of the read, so that an engine can
+        // hash each chunk while it reads the next.
         let bytes = match (s.config.verify_checksums, spec.checksum) {
             (true, Some(expected)) => {
-                crate::verify::check_layer(&s.path, layer, bytes, expected).await?
+                backend
+                    .read_verified(layer, spec, charge, expected, &s.path)
+                    .await
             }
-            _ => bytes,
+            _ => backend.read(layer, spec, charge).await,
         };
+        drop(busy);
+        if matches!(bytes, Ok(_) | Err(Error::ChecksumMismatch { .. })) {
+            s.counters
+                .read_nanos
+                .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+            Counters::bump(&s.counters.reads);
+            s.counters.bytes_read.fetch_add(spec.size, Relaxed);
+        }
+        let bytes = bytes?;
         s.metas[layer]
             .last_used
             .store(s.clock.fetch_add(1, Relaxed), Relaxed);

@@ -7,8 +7,9 @@ use crate::error::{Error, Result};
 use crate::weights::LayerBytes;
 
 /// Layers at least this large are hashed on a blocking thread, so a long
-/// hash never stalls an async worker.
-const BLOCKING_THRESHOLD: usize = 256 << 10;
+/// hash never stalls an async worker (and the io_uring backend hashes them
+/// while it reads them).
+pub(crate) const BLOCKING_THRESHOLD: usize = 256 << 10;
 
 /// Returns `bytes` if their xxh3-64 equals `expected`, else a
 /// [`Error::ChecksumMismatch`] (and the bytes are dropped).
@@ -32,6 +33,18 @@ pub(crate) async fn check_layer(
             layer,
         })?
     };
+    compare(path, layer, bytes, expected, actual)
+}
+
+/// Returns `bytes` if `actual`, their xxh3-64, equals `expected`, else a
+/// [`Error::ChecksumMismatch`] (and the bytes are dropped).
+pub(crate) fn compare(
+    path: &Arc<Path>,
+    layer: usize,
+    bytes: LayerBytes,
+    expected: u64,
+    actual: u64,
+) -> Result<LayerBytes> {
     if actual == expected {
         Ok(bytes)
     } else {

@@ -29,12 +29,37 @@ pub(crate) trait ReadBackend: Send + Sync + 'static {
     fn kind(&self) -> Backend;
 
     /// Reads the bytes of `spec` (layer `layer`) into memory paid for by `charge`.
+    ///
+    /// The charge may come with an idle pooled buffer (see `buffer.rs`): an
+    /// engine that reads into a buffer gets it with `AlignedBuf::charged`
+    /// and must overwrite every byte it returns, or fail; one that puts the
+    /// charge in other memory calls `Charge::unpooled` first.
     fn read(
         &self,
         layer: usize,
         spec: &LayerSpec,
         charge: Charge,
     ) -> BoxFuture<'static, Result<LayerBytes>>;
+
+    /// [`read`](Self::read), checking the bytes against the xxh3-64
+    /// checksum `expected`: a mismatch is [`Error::ChecksumMismatch`] naming
+    /// `path`, and no bytes. The default hashes after the read (off the async
+    /// workers for large layers); an engine may hash while it reads.
+    fn read_verified(
+        &self,
+        layer: usize,
+        spec: &LayerSpec,
+        charge: Charge,
+        expected: u64,
+        path: &Arc<Path>,
+    ) -> BoxFuture<'static, Result<LayerBytes>> {
+        let read = self.read(layer, spec, charge);
+        let path = Arc::clone(path);
+        Box::pin(async move {
+            let bytes = read.await?;
+            crate::verify::check_layer(&path, layer, bytes, expected).await
+        })
+    }
 }
 
 /// Opens the engine `config.backend` asks for over `files`, with the test

@@ -13,13 +13,26 @@
 //! thread. Each in-flight request owns a reference to the buffer, which
 //! tokio-uring keeps until the kernel completes the request, so the kernel
 //! never writes into freed memory, and the budget charge inside the buffer is
-//! returned only when the memory really is. (tokio-uring drops the buffers of
-//! cancelled requests without waiting when its runtime is dropped, so the
-//! ring thread does not drop it while any request buffer is alive.)
+//! returned (or the buffer pooled) only when the memory really is free.
+//! (tokio-uring drops the buffers of cancelled requests without waiting when
+//! its runtime is dropped, so the ring thread does not drop it while any
+//! request buffer is alive.)
+//!
+//! # Checksums while reading
+//!
+//! When a layer's checksum is to be verified, the ring thread reports each
+//! chunk of the buffer as it becomes final — in layer order: a chunk that
+//! completes before an earlier one waits for it — through a channel to a
+//! hasher on a blocking thread (never the ring thread, which keeps
+//! submitting), which feeds those bytes to a streaming xxh3-64. Hashing chunk
+//! k thus overlaps the read of chunk k + 1, and the digest is ready moments
+//! after the last chunk lands. It equals `xxh3_64` of the whole layer.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::rc::Rc;
@@ -70,8 +83,13 @@ pub(crate) struct UringBackend {
 struct Job {
     layer: usize,
     spans: Vec<Span>,
-    buf: AlignedBuf,
-    reply: oneshot::Sender<Result<AlignedBuf, Error>>,
+    /// The caller keeps a reference too, and takes the buffer back once the
+    /// job has answered (every request completed) and the hasher is done.
+    buf: Arc<AlignedBuf>,
+    /// Where to report the layer's bytes, in order, as they become final
+    /// (for the streaming checksum), if anywhere.
+    progress: Option<mpsc::UnboundedSender<Range<usize>>>,
+    reply: oneshot::Sender<Result<(), Error>>,
 }
 
 /// A block-aligned run of one file, and where its first byte goes in the buffer.
@@ -82,6 +100,8 @@ struct Span {
     offset: u64,
     /// Block-aligned length.
     len: u64,
+    /// Start of the bytes the layer needs (the range's first byte).
+    needed_start: u64,
     /// End of the bytes the layer needs; the file may end after this but
     /// must not end before it.
     needed_end: u64,
@@ -150,6 +170,32 @@ impl super::ReadBackend for UringBackend {
         spec: &LayerSpec,
         charge: Charge,
     ) -> BoxFuture<'static, Result<LayerBytes>> {
+        self.read_layer(layer, spec, charge, None)
+    }
+
+    fn read_verified(
+        &self,
+        layer: usize,
+        spec: &LayerSpec,
+        charge: Charge,
+        expected: u64,
+        path: &Arc<Path>,
+    ) -> BoxFuture<'static, Result<LayerBytes>> {
+        self.read_layer(layer, spec, charge, Some((expected, Arc::clone(path))))
+    }
+}
+
+impl UringBackend {
+    /// Reads layer `layer`; with `verify` (the expected xxh3-64 and the path
+    /// to name in a mismatch), checks it, hashing large layers while they
+    /// are read.
+    fn read_layer(
+        &self,
+        layer: usize,
+        spec: &LayerSpec,
+        charge: Charge,
+        verify: Option<(u64, Arc<Path>)>,
+    ) -> BoxFuture<'static, Result<LayerBytes>> {
         let path = Arc::clone(&self.files[spec.ranges[0].file]);
         let mut spans = Vec::with_capacity(spec.ranges.len());
         let mut buf_offset = 0usize;
@@ -160,6 +206,7 @@ impl super::ReadBackend for UringBackend {
                 file: r.file,
                 offset,
                 len,
+                needed_start: r.offset,
                 needed_end: r.end(),
                 buf_offset,
             });
@@ -169,22 +216,46 @@ impl super::ReadBackend for UringBackend {
         let size = spec.size as usize;
         let jobs = self.jobs.clone();
         async move {
-            let buf = AlignedBuf::charged(buf_offset, Some(charge))
-                .map_err(|e| Error::io(&path, "allocate", e))?;
+            let aborted = || Error::Aborted {
+                path: Arc::clone(&path),
+                layer,
+            };
+            // A pooled buffer holds an earlier layer's bytes: every byte the
+            // layer exposes is overwritten below, or the read fails.
+            let buf = Arc::new(
+                AlignedBuf::charged(buf_offset, Some(charge))
+                    .map_err(|e| Error::io(&path, "allocate", e))?,
+            );
+            let (progress, hasher) = match &verify {
+                Some(_) if size >= crate::verify::BLOCKING_THRESHOLD => {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let buf = Arc::clone(&buf);
+                    let hasher = tokio::task::spawn_blocking(move || hash_regions(&buf, rx));
+                    (Some(tx), Some(hasher))
+                }
+                _ => (None, None),
+            };
             let (reply, answer) = oneshot::channel();
             let job = Job {
                 layer,
                 spans: spans.clone(),
-                buf,
+                buf: Arc::clone(&buf),
+                progress,
                 reply,
             };
             if jobs.send(job).is_err() {
-                return Err(Error::Aborted { path, layer });
+                return Err(aborted());
             }
-            let mut buf = answer.await.map_err(|_| Error::Aborted {
-                path: Arc::clone(&path),
-                layer,
-            })??;
+            // On an error the hasher sees its channel close when the job
+            // ends, and exits (letting go of the buffer) by itself.
+            answer.await.map_err(|_| aborted())??;
+            let digest = match hasher {
+                Some(h) => Some(h.await.map_err(|_| aborted())?),
+                None => None,
+            };
+            // Every request has completed and the hasher has returned, so no
+            // one else holds the buffer.
+            let mut buf = Arc::try_unwrap(buf).map_err(|_| aborted())?;
             // Each span starts at a block boundary of the buffer; the layer's
             // bytes start `skew` into it.
             let first_skew = (ranges[0].offset - spans[0].offset) as usize;
@@ -199,14 +270,46 @@ impl super::ReadBackend for UringBackend {
                     at += r.len as usize;
                 }
             }
-            Ok(LayerBytes {
+            let bytes = LayerBytes {
                 storage: Storage::Heap(buf),
                 start: first_skew,
                 len: size,
-            })
+            };
+            match (verify, digest) {
+                (None, _) => Ok(bytes),
+                (Some((expected, path)), Some(actual)) => {
+                    crate::verify::compare(&path, layer, bytes, expected, actual)
+                }
+                (Some((expected, path)), None) => {
+                    crate::verify::check_layer(&path, layer, bytes, expected).await
+                }
+            }
         }
         .boxed()
     }
+}
+
+/// Hashes the buffer regions `regions` names, in the order it names them,
+/// until the job drops its end; returns the xxh3-64. Runs on a blocking
+/// thread.
+fn hash_regions(buf: &AlignedBuf, mut regions: mpsc::UnboundedReceiver<Range<usize>>) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    while let Some(r) = regions.blocking_recv() {
+        // SAFETY: the ring thread sends a region only after every request
+        // writing into it has completed (observed on the ring thread, and the
+        // channel orders that before this receive), and no request writes it
+        // again: the chunks of a job are disjoint windows of the buffer, each
+        // written only by its own requests, and the multi-range move happens
+        // only after this hasher has returned. The region lies inside the
+        // buffer (the job's spans were laid out in it), which `buf` keeps
+        // alive. Other regions may be written meanwhile; this slice covers
+        // none of their bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(buf.as_mut_ptr().add(r.start).cast_const(), r.len())
+        };
+        hasher.update(bytes);
+    }
+    hasher.digest()
 }
 
 fn ring_thread(
@@ -306,46 +409,83 @@ async fn run_job(ring: Rc<Ring>, job: Job, tuning: Tuning) {
         layer,
         spans,
         buf,
+        progress,
         reply,
     } = job;
-    let buf = Arc::new(buf);
-    let chunks = spans.iter().flat_map(|s| {
-        (0..s.len)
-            .step_by(tuning.chunk as usize)
-            .map(move |at| Chunk {
-                file: s.file,
-                offset: s.offset + at,
-                len: tuning.chunk.min(s.len - at),
-                needed_end: s.needed_end,
-                buf_offset: s.buf_offset + at as usize,
-            })
-    });
-    let result = futures::stream::iter(chunks)
-        .map(|chunk| read_chunk(&ring, &buf, chunk, layer))
+    let chunks = chunks(&spans, tuning.chunk);
+    // Chunks that completed ahead of an earlier one, by index: their layer
+    // bytes are reported once every earlier chunk's are.
+    let mut early: BTreeMap<usize, Range<usize>> = BTreeMap::new();
+    let mut next = 0usize;
+    let result = futures::stream::iter(chunks.enumerate())
+        .map(|(i, chunk)| {
+            let ring = &ring;
+            let buf = &buf;
+            async move {
+                read_chunk(ring, buf, &chunk, layer).await?;
+                Ok((i, chunk.needed))
+            }
+        })
         .buffer_unordered(tuning.depth)
-        .try_for_each(|()| async { Ok(()) })
+        .try_for_each(|(i, needed)| {
+            early.insert(i, needed);
+            while let Some(needed) = early.remove(&next) {
+                next += 1;
+                if let Some(tx) = progress.as_ref().filter(|_| !needed.is_empty()) {
+                    // The hasher is gone only if its reader gave up.
+                    let _ = tx.send(needed);
+                }
+            }
+            futures::future::ready(Ok(()))
+        })
         .await;
-    let answer = result.map(|()| {
-        // Every request completed, so no operation holds the buffer any more.
-        Arc::try_unwrap(buf).unwrap_or_else(|_| unreachable!("all reads of the job have completed"))
-    });
-    // On error, requests still in flight keep their reference to the buffer
-    // until the kernel completes them; it is freed (and uncharged) then.
-    let _ = reply.send(answer);
+    // Every request of a successful job has completed, so the caller's
+    // reference is the last one once ours drops. On error, requests still in
+    // flight keep their reference until the kernel completes them; the
+    // buffer is pooled (or freed) and its charge kept or returned only then.
+    drop(buf);
+    drop(progress);
+    let _ = reply.send(result);
 }
 
-#[derive(Clone, Copy, Debug)]
+/// The requests a job's spans are split into, in layer order.
+fn chunks(spans: &[Span], chunk: u64) -> impl Iterator<Item = Chunk> + '_ {
+    spans.iter().flat_map(move |s| {
+        // The layer's own bytes of this span, as buffer offsets.
+        let needed_start = s.buf_offset + (s.needed_start - s.offset) as usize;
+        let needed_end = s.buf_offset + (s.needed_end - s.offset) as usize;
+        (0..s.len).step_by(chunk as usize).map(move |at| {
+            let len = chunk.min(s.len - at);
+            let start = s.buf_offset + at as usize;
+            let end = start + len as usize;
+            let needed = start.max(needed_start)..end.min(needed_end);
+            Chunk {
+                file: s.file,
+                offset: s.offset + at,
+                len,
+                needed_end: s.needed_end,
+                buf_offset: start,
+                // Empty (start == end) when the chunk holds none of them.
+                needed: needed.start.min(needed.end)..needed.end,
+            }
+        })
+    })
+}
+
+#[derive(Clone, Debug)]
 struct Chunk {
     file: usize,
     offset: u64,
     len: u64,
     needed_end: u64,
     buf_offset: usize,
+    /// The layer's bytes in this chunk, as buffer offsets (maybe empty).
+    needed: Range<usize>,
 }
 
 /// Reads one chunk, resuming short reads. Reaching end of file is fine only
 /// past `needed_end` (the tail of the last block of a file).
-async fn read_chunk(ring: &Ring, buf: &Arc<AlignedBuf>, chunk: Chunk, layer: usize) -> Result<()> {
+async fn read_chunk(ring: &Ring, buf: &Arc<AlignedBuf>, chunk: &Chunk, layer: usize) -> Result<()> {
     let file = &ring.files[chunk.file];
     let mut done = 0u64;
     let mut transient = 0;
@@ -484,5 +624,68 @@ unsafe impl tokio_uring::buf::IoBufMut for ChunkBuf {
 
     unsafe fn set_init(&mut self, pos: usize) {
         self.init = self.init.max(pos);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The chunks' layer bytes, hashed in chunk order, are the layer's bytes
+    /// in order, whatever the ranges and the chunk size: the streaming
+    /// digest equals the whole-layer `xxh3_64`.
+    #[test]
+    fn chunk_regions_in_order_are_the_layer_bytes_in_order() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..300 {
+            let ranges = rng.random_range(1..5);
+            let mut spans = Vec::new();
+            let mut buf_offset = 0usize;
+            for _ in 0..ranges {
+                let start = rng.random_range(0..40_000u64);
+                let len = rng.random_range(0..30_000u64);
+                let offset = align_down(start, BLOCK);
+                let span_len = align_up(start + len, BLOCK) - offset;
+                spans.push(Span {
+                    file: 0,
+                    offset,
+                    len: span_len,
+                    needed_start: start,
+                    needed_end: start + len,
+                    buf_offset,
+                });
+                buf_offset += span_len as usize;
+            }
+            // Fill the buffer with noise, and the layer's bytes where the
+            // spans put them.
+            let mut buf: Vec<u8> = (0..buf_offset).map(|_| rng.random()).collect();
+            let mut layer = Vec::new();
+            for s in &spans {
+                let at = s.buf_offset + (s.needed_start - s.offset) as usize;
+                let n = (s.needed_end - s.needed_start) as usize;
+                let bytes: Vec<u8> = (0..n).map(|_| rng.random()).collect();
+                buf[at..at + n].copy_from_slice(&bytes);
+                layer.extend_from_slice(&bytes);
+            }
+            let chunk = BLOCK * rng.random_range(1..6);
+            let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+            let mut streamed = Vec::new();
+            let mut end = 0;
+            for c in chunks(&spans, chunk) {
+                assert!(
+                    c.needed.start >= c.buf_offset && c.needed.end <= c.buf_offset + c.len as usize
+                );
+                assert!(
+                    c.needed.is_empty() || c.needed.start >= end,
+                    "regions overlap or go back"
+                );
+                end = end.max(c.needed.end);
+                hasher.update(&buf[c.needed.clone()]);
+                streamed.extend_from_slice(&buf[c.needed]);
+            }
+            assert_eq!(streamed, layer);
+            assert_eq!(hasher.digest(), xxhash_rust::xxh3::xxh3_64(&layer));
+        }
     }
 }
