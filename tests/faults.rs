@@ -186,3 +186,25 @@ async fn a_reused_buffer_whose_read_fails_midway_exposes_no_stale_bytes() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_streaming_checksum_follows_layer_order_when_completions_do_not() {
+    // Layers large enough to be hashed while they are read, in many small
+    // chunks with several in flight and random delays: chunks complete out of
+    // order, and the digest must still be that of the bytes in order.
+    let m = TestModel::new(4, 512 * KIB + 4 * KIB + 8);
+    let plan = Arc::new(FaultPlan::new(12).with_delays(0.6, Duration::from_millis(2)));
+    let cfg = MmapConfig {
+        read_chunk_size: 16 * KIB,
+        reads_in_flight: 6,
+        ..config(Backend::IoUring, 4 << 20)
+    };
+    let model = MappedModel::open_with_faults(&m.path, cfg, Arc::clone(&plan))
+        .await
+        .unwrap();
+    for i in 0..4 {
+        let w = model.layer(i).await.unwrap();
+        m.check(i, &w);
+    }
+    assert!(plan.injected() > 20, "{} delays", plan.injected());
+}
