@@ -27,6 +27,14 @@
 //! submitting), which feeds those bytes to a streaming xxh3-64. Hashing chunk
 //! k thus overlaps the read of chunk k + 1, and the digest is ready moments
 //! after the last chunk lands. It equals `xxh3_64` of the whole layer.
+//!
+//! This is done with `direct_io` (the cold path, where it was measured to
+//! help). With buffered reads (`direct_io: false`, the page-cache path), the
+//! layer is hashed after the read as by the other engines: there, reads
+//! complete so fast that the hash of one layer already overlaps the read of
+//! the next through prefetch, and waking a hasher per chunk made the
+//! already erratic buffered io_uring reads fall into their slow mode more
+//! often (`docs/architecture.md`, "Checksums").
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -77,6 +85,9 @@ struct Ring {
 pub(crate) struct UringBackend {
     jobs: mpsc::UnboundedSender<Job>,
     files: Arc<[Arc<Path>]>,
+    /// Whether checksums are computed while reading (with `direct_io`; see
+    /// the module docs for why not for buffered reads).
+    stream_hash: bool,
 }
 
 /// One layer to read: `spans` land back to back in `buf`.
@@ -148,6 +159,7 @@ impl UringBackend {
             Ok(Ok(())) => Ok(UringBackend {
                 jobs,
                 files: files.into(),
+                stream_hash: direct,
             }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::BackendUnavailable {
@@ -215,6 +227,7 @@ impl UringBackend {
         let ranges = spec.ranges.clone();
         let size = spec.size as usize;
         let jobs = self.jobs.clone();
+        let stream_hash = self.stream_hash;
         async move {
             let aborted = || Error::Aborted {
                 path: Arc::clone(&path),
@@ -227,7 +240,7 @@ impl UringBackend {
                     .map_err(|e| Error::io(&path, "allocate", e))?,
             );
             let (progress, hasher) = match &verify {
-                Some(_) if size >= crate::verify::BLOCKING_THRESHOLD => {
+                Some(_) if stream_hash && size >= crate::verify::BLOCKING_THRESHOLD => {
                     let (tx, rx) = mpsc::unbounded_channel();
                     let buf = Arc::clone(&buf);
                     let hasher = tokio::task::spawn_blocking(move || hash_regions(&buf, rx));
