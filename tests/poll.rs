@@ -80,3 +80,10 @@ async fn waiters_are_woken_when_the_read_lands(backend: Backend) {
     m.check(1, &a);
     assert_eq!(model.stats().reads, 1);
 }
+
+/// A fetch can be stored in a struct, moved across threads and spawned.
+#[test]
+fn a_fetch_is_send_static_and_unpin() {
+    fn check<T: std::future::Future + Send + Unpin + 'static>() {}
+    check::<hyperion::LayerFetch>();
+}
