@@ -7,6 +7,7 @@
 //! it inside the memory it fills, so the charge lives exactly as long as
 //! the memory.
 
+pub(crate) mod aligned;
 pub(crate) mod mmap;
 pub(crate) mod uring;
 
