@@ -33,7 +33,7 @@ fn seeds() -> Vec<u64> {
     (0..n).collect()
 }
 
-on_both_backends!(dropping_fetches_anywhere_leaks_nothing);
+on_all_backends!(dropping_fetches_anywhere_leaks_nothing);
 
 async fn dropping_fetches_anywhere_leaks_nothing(backend: Backend) {
     let layers = 6;
