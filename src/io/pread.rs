@@ -106,7 +106,7 @@ impl super::ReadBackend for PreadBackend {
         let size = spec.size as usize;
         async move {
             let mut buf = aligned::layer_buffer(&path, buf_len, charge)?;
-            // Events of the blocking task belong to the fetch that started it.
+            // The blocking thread's events belong to the span this read runs in.
             let span = tracing::Span::current();
             // The task owns the buffer: dropping this future (or its
             // `JoinHandle`) does not stop the read, and the buffer, with the
