@@ -33,7 +33,7 @@ fn seeds() -> Vec<u64> {
     (0..n).collect()
 }
 
-on_both_backends!(
+on_all_backends!(
     dropping_fetches_anywhere_leaks_nothing,
     every_drop_point_leaks_nothing
 );

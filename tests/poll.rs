@@ -7,7 +7,7 @@ use hyperion::{Backend, LayerWeights};
 use tokio_test::task;
 use tokio_test::{assert_pending, assert_ready_ok};
 
-on_both_backends!(
+on_all_backends!(
     a_hit_is_ready_on_the_first_poll,
     waiters_are_woken_when_the_read_lands,
     hits_and_misses_are_counted_when_the_fetch_is_made

@@ -28,7 +28,7 @@ pub struct Args {
     /// Forward passes over the model (as for successive tokens).
     #[arg(long, default_value_t = 2)]
     pub passes: usize,
-    /// I/O backend: auto, io-uring or mmap.
+    /// I/O backend: auto, io-uring, pread or mmap.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
     /// Directory for the model file (default: the system temp dir).
@@ -54,6 +54,7 @@ impl Default for Args {
 pub enum BackendArg {
     Auto,
     IoUring,
+    Pread,
     Mmap,
 }
 
@@ -62,6 +63,7 @@ impl From<BackendArg> for Backend {
         match b {
             BackendArg::Auto => Backend::Auto,
             BackendArg::IoUring => Backend::IoUring,
+            BackendArg::Pread => Backend::Pread,
             BackendArg::Mmap => Backend::Mmap,
         }
     }
