@@ -33,6 +33,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 MIB = 1 << 20
@@ -416,8 +417,9 @@ def cmd_run(args):
     for l in loaders:
         if l not in DESCRIPTIONS:
             sys.exit(f"peers: unknown loader {l!r}; known: {', '.join(ALL_LOADERS)}")
-    workdir = os.path.dirname(os.path.abspath(args.json))
-    os.makedirs(workdir, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    # The children's result files, removed at the end.
+    workdir = tempfile.mkdtemp(prefix="peers-runs-", dir=os.path.dirname(os.path.abspath(args.json)))
 
     drop = check_drop(args.file)
     print(
@@ -445,6 +447,7 @@ def cmd_run(args):
                 if state == "cold" and r["mb_s"] > COLD_SUSPICIOUS_MB_S:
                     warnings.append(f"{loader} rep {rep}: a cold run at {r['mb_s']:.0f} MB/s: the drop did not work")
 
+    shutil.rmtree(workdir, ignore_errors=True)
     checksums = {r["checksum"] for r in runs}
     if len(checksums) != 1:
         warnings.append(f"checksums differ between loaders: {sorted(checksums)}")
