@@ -59,6 +59,7 @@ fn bench_quick_json_reports_every_figure() {
         "memcpy",
         "stream_cold_io_uring",
         "stream_cold_io_uring_buffered",
+        "stream_cold_pread",
         "stream_cold_mmap",
         "stream_warm",
         "random_cold",

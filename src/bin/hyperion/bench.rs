@@ -441,6 +441,12 @@ fn measure(
             "io_uring, direct_io: false, lookahead = prefetch_threads",
         ),
         (
+            "stream_cold_pread",
+            Backend::Pread,
+            true,
+            "pread engine (Auto's fallback), O_DIRECT, lookahead = prefetch_threads",
+        ),
+        (
             "stream_cold_mmap",
             Backend::Mmap,
             true,

@@ -50,11 +50,16 @@ impl Default for Args {
     }
 }
 
+/// The `--backend` values (also used by `hyperion load`).
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
 pub enum BackendArg {
+    /// io_uring, falling back to pread where io_uring is unavailable.
     Auto,
+    /// io_uring only.
     IoUring,
+    /// Blocking pread on the blocking pool.
     Pread,
+    /// mmap + madvise (zero-copy; SIGBUS if the file is truncated under it).
     Mmap,
 }
 

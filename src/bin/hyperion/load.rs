@@ -21,9 +21,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::demo::BackendArg;
 use anyhow::Context;
 use futures::StreamExt;
-use hyperion::{Backend, LayerWeights, MappedModel, MmapConfig};
+use hyperion::{LayerWeights, MappedModel, MmapConfig};
 use serde_json::json;
 
 const MIB: f64 = (1u64 << 20) as f64;
@@ -49,27 +50,6 @@ pub struct Args {
     /// Print one JSON object instead of a line of text.
     #[arg(long)]
     pub json: bool,
-}
-
-/// The `--backend` values.
-#[derive(clap::ValueEnum, Debug, Clone, Copy)]
-pub enum BackendArg {
-    /// io_uring, falling back to mmap.
-    Auto,
-    /// io_uring only.
-    IoUring,
-    /// mmap + madvise.
-    Mmap,
-}
-
-impl From<BackendArg> for Backend {
-    fn from(b: BackendArg) -> Backend {
-        match b {
-            BackendArg::Auto => Backend::Auto,
-            BackendArg::IoUring => Backend::IoUring,
-            BackendArg::Mmap => Backend::Mmap,
-        }
-    }
 }
 
 /// What one load measured.
