@@ -2,7 +2,7 @@
 //! the throughput: the measurement behind the README's read figures.
 //!
 //! ```sh
-//! cargo run --release --example stream -- MODEL.tmai [BUDGET_MIB] [auto|io-uring|mmap]
+//! cargo run --release --example stream -- MODEL.tmai [BUDGET_MIB] [auto|io-uring|pread|mmap]
 //! ```
 //!
 //! Tuning knobs, for measuring the defaults: `CHUNK_MIB` (read_chunk_size),
@@ -18,11 +18,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let path = args
         .next()
-        .ok_or("usage: stream MODEL [BUDGET_MIB] [auto|io-uring|mmap]")?;
+        .ok_or("usage: stream MODEL [BUDGET_MIB] [auto|io-uring|pread|mmap]")?;
     let budget: u64 = args.next().map_or(Ok(256), |s| s.parse())? << 20;
     let backend = match args.next().as_deref() {
         None | Some("auto") => Backend::Auto,
         Some("io-uring") => Backend::IoUring,
+        Some("pread") => Backend::Pread,
         Some("mmap") => Backend::Mmap,
         Some(other) => return Err(format!("unknown backend {other}").into()),
     };

@@ -6,24 +6,47 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 
 /// Which I/O engine reads layers that are not cached.
+///
+/// Whatever the engine, a fetch returns the layer's exact bytes or an error.
+/// They differ in what happens when another process truncates the file while
+/// the model is open: io_uring and pread turn it into [`Error::Truncated`];
+/// mmap can raise `SIGBUS`, which kills the process (see [`Backend::Mmap`]).
+/// `Auto` never picks mmap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
-    /// io_uring where the kernel allows it, else mmap (said once through `tracing`).
+    /// io_uring where the kernel allows it, else [`Backend::Pread`] (said once
+    /// through `tracing::warn!`). Never mmap, so never `SIGBUS`.
     #[default]
     Auto,
     /// io_uring through tokio-uring on a dedicated ring thread; fails to open
-    /// if the ring cannot be created.
+    /// with [`Error::BackendUnavailable`] if the ring cannot be created
+    /// (seccomp, `io_uring_disabled`, old kernels).
     IoUring,
-    /// `mmap` + `madvise`: layers are views into a mapping of the file.
+    /// Blocking `pread(2)` on tokio's blocking pool, one task per layer,
+    /// into the same page-aligned buffers as io_uring, with the same
+    /// `direct_io`, `read_chunk_size` and `reads_in_flight` (threads of the
+    /// task instead of requests on a ring). Works wherever files can be read;
+    /// a truncated file is [`Error::Truncated`]. With `O_DIRECT` it reached
+    /// the same disk ceiling as io_uring here (`docs/architecture.md`).
+    Pread,
+    /// `mmap` + `madvise`: layers are views into a mapping of the file (no
+    /// copy; `direct_io` and the read settings do not apply).
+    ///
+    /// **Caveat:** if another process truncates the file while the model is
+    /// open, touching a lost page raises `SIGBUS`, which kills the process.
+    /// Each read re-checks the file's length, so a truncation *before* a read
+    /// is [`Error::Truncated`], but one racing a read cannot be caught.
+    /// Use it only for files nothing else will shrink (`docs/reliability.md`).
     Mmap,
 }
 
 impl Backend {
-    /// A short lowercase name (`auto`, `io_uring`, `mmap`).
+    /// A short lowercase name (`auto`, `io_uring`, `pread`, `mmap`).
     pub fn name(self) -> &'static str {
         match self {
             Backend::Auto => "auto",
             Backend::IoUring => "io_uring",
+            Backend::Pread => "pread",
             Backend::Mmap => "mmap",
         }
     }
@@ -83,19 +106,25 @@ pub struct MmapConfig {
     /// Default: 4 KiB — the smallest that direct I/O allows, so small layers
     /// (norms, biases) waste at most 4 KiB of budget each.
     pub min_layer_cache_size: u64,
-    /// The I/O engine. Default: [`Backend::Auto`].
+    /// The I/O engine.
+    ///
+    /// Default: [`Backend::Auto`] — io_uring, or pread where io_uring is
+    /// unavailable; both are at the disk's ceiling here, and neither can
+    /// `SIGBUS` on a truncated file. [`Backend::Mmap`] only when asked for.
     pub backend: Backend,
-    /// Read with `O_DIRECT` (io_uring backend): reads bypass the page cache,
+    /// Read with `O_DIRECT` (io_uring and pread): reads bypass the page cache,
     /// so a layer is held once (in our buffer), not twice. Falls back to
     /// buffered reads where the filesystem refuses it.
     ///
     /// Default: true — the fastest path measured here, and no double caching.
     pub direct_io: bool,
-    /// Size of each read request a layer is split into (rounded to 4 KiB).
+    /// Size of each read request a layer is split into (rounded to 4 KiB;
+    /// io_uring and pread).
     ///
     /// Default: 4 MiB, the request size at which this disk peaked (16 MiB was slower).
     pub read_chunk_size: u64,
-    /// Chunk reads of one layer in flight at once.
+    /// Chunk reads of one layer in flight at once: requests on the ring for
+    /// io_uring, threads of the layer's blocking task for pread.
     ///
     /// Default: 2 — the device here serves one request at a time, but a second
     /// queued request hides the completion-to-submit gap; NVMe may want more.

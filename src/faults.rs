@@ -2,16 +2,19 @@
 //! errors, short reads and delays that the backends apply to their own read
 //! requests, so the real retry, resume and error paths run.
 //!
-//! Per read request (a chunk on the io_uring ring, a layer on the mmap
-//! backend), the plan draws from a seeded generator:
+//! Per read request (a request on the io_uring ring or a `pread` call,
+//! first or resumed; a layer on the mmap backend), the plan draws from a
+//! seeded generator:
 //! - an **error** with one of the given errnos, instead of the read
-//!   (`EINTR`, `EAGAIN` and `ECANCELED` are retried by the io_uring backend;
-//!   anything else is an [`Error::Io`](crate::Error::Io));
+//!   (`EINTR`, `EAGAIN` and `ECANCELED` are retried by the io_uring and pread
+//!   backends; anything else is an [`Error::Io`](crate::Error::Io));
 //! - a **short read**: the request is cut to a random whole number of blocks
-//!   before it is submitted, so the backend must resume it (io_uring only);
+//!   before it is submitted, so the backend must resume it (io_uring and
+//!   pread);
 //! - a **delay** before the request is submitted, which reorders completions.
 //!
-//! A plan can also make creating the io_uring ring fail.
+//! A plan can also make creating the io_uring ring fail, so that
+//! `Backend::Auto` falls back to the pread backend.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -89,7 +92,8 @@ impl FaultPlan {
         self
     }
 
-    /// Makes creating the io_uring ring fail (as under seccomp).
+    /// Makes creating the io_uring ring fail (as under seccomp):
+    /// `Backend::IoUring` fails to open, `Backend::Auto` falls back to pread.
     pub fn with_ring_setup_failure(mut self) -> Self {
         self.fail_ring_setup = true;
         self

@@ -29,6 +29,6 @@ pub use config::{Backend, MmapConfig};
 pub use dtype::{DType, GgmlType};
 pub use error::{Error, FormatError, Result};
 pub use index::{FileFormat, FileRange, LayerSpec, ModelIndex, TensorSpec};
-pub use model::{LayerDescriptor, MappedModel, ReadGate, DEFAULT_PRIORITY};
+pub use model::{LayerDescriptor, LayerFetch, MappedModel, ReadGate, DEFAULT_PRIORITY};
 pub use stats::Stats;
 pub use weights::{LayerWeights, TensorView};

@@ -1,13 +1,16 @@
 //! [`MappedModel`]: the facade that ties the index, the cache, the budget,
 //! the backend and the prefetcher together.
 
+use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use futures::future::BoxFuture;
+use futures::future::{self, BoxFuture};
 use futures::{FutureExt, StreamExt};
 use parking_lot::RwLock;
 use tokio::sync::{oneshot, Semaphore};
@@ -118,7 +121,8 @@ pub struct LayerDescriptor {
     /// Retention priority: higher stays cached longer.
     pub priority: f32,
     /// Nanoseconds between opening the model and the last fetch of this layer
-    /// (a monotonic clock); 0 if it was never fetched.
+    /// (a coarse monotonic clock: kernel-tick resolution, 1–4 ms); 0 if it
+    /// was never fetched.
     pub last_accessed: u64,
     /// How many times the layer was fetched.
     pub access_count: u64,
@@ -146,7 +150,8 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     /// Set by the first prefetch (see `prefetch`).
     prefetching: AtomicBool,
-    opened_at: Instant,
+    /// [`coarse_nanos`] when the model was opened.
+    opened_at: u64,
     clock: AtomicU64,
     runtime: tokio::runtime::Handle,
     read_gate: OnceLock<ReadGate>,
@@ -237,7 +242,7 @@ impl MappedModel {
                     counters: Counters::default(),
                     closed: AtomicBool::new(false),
                     prefetching: AtomicBool::new(false),
-                    opened_at: Instant::now(),
+                    opened_at: coarse_nanos(),
                     clock: AtomicU64::new(1),
                     runtime,
                     read_gate: OnceLock::new(),
@@ -306,10 +311,12 @@ impl MappedModel {
 
     /// Fetches layer `layer`'s weights.
     ///
-    /// A cached layer resolves on the first poll, with no I/O. Otherwise the
-    /// layer is read once, however many tasks await it at the same time; the
-    /// read runs as its own task, so it finishes (and caches the layer) even if
-    /// every waiter gives up.
+    /// A cached layer is found when `layer` is called (that is when the
+    /// access is counted), so the returned future is already complete and
+    /// resolves on its first poll with no I/O. Otherwise the layer is read
+    /// once, however many tasks await it at the same time; the read starts
+    /// when the future is first polled and runs as its own task, so it
+    /// finishes (and caches the layer) even if every waiter gives up.
     ///
     /// # Cancel safety
     /// Dropping the future at any point leaks no budget and leaves no entry
@@ -321,12 +328,19 @@ impl MappedModel {
     /// [`Error::BudgetExhausted`] when live handles hold the whole budget
     /// (after waiting up to `memory_wait_timeout`), [`Error::Io`],
     /// [`Error::Truncated`], [`Error::ChecksumMismatch`].
-    pub fn layer(
-        &self,
-        layer: usize,
-    ) -> impl Future<Output = Result<LayerWeights>> + Send + 'static {
-        let shared = Arc::clone(&self.shared);
-        async move { shared.fetch(layer).await }
+    pub fn layer(&self, layer: usize) -> LayerFetch {
+        // A hit is settled here, so the returned future is already complete
+        // and a cached fetch costs a map lookup and a few stores, not an `Arc`
+        // clone and an async state machine (docs/performance.md, "the hit path").
+        let state = match self.shared.fetch_cached(layer) {
+            Ok(Some(weights)) => FetchState::Hit(Some(weights)),
+            Ok(None) => {
+                Counters::bump(&self.shared.counters.misses);
+                FetchState::Pending(Arc::clone(&self.shared).fetch_miss(layer).boxed())
+            }
+            Err(e) => FetchState::Pending(future::ready(Err(e)).boxed()),
+        };
+        LayerFetch { state }
     }
 
     /// Starts reading layer `layer` in the background, so that a later
@@ -473,7 +487,8 @@ impl MappedModel {
     /// A snapshot of the model's counters.
     pub fn stats(&self) -> Stats {
         let s = &self.shared;
-        s.counters.snapshot(s.budget.snapshot())
+        let fetches = s.metas.iter().map(|m| m.access_count.load(Relaxed)).sum();
+        s.counters.snapshot(fetches, s.budget.snapshot())
     }
 
     /// Checks the eviction policy's internal invariants (for tests and fuzzing).
@@ -496,6 +511,55 @@ impl std::fmt::Debug for MappedModel {
             .field("layers", &self.layer_count())
             .field("backend", &self.shared.backend_kind)
             .finish()
+    }
+}
+
+/// The future [`MappedModel::layer`] returns: already complete when the layer
+/// was cached at the call, otherwise waiting for the layer's read.
+///
+/// `Send`, `'static` and `Unpin`, so it can be stored, spawned or polled by
+/// hand. Dropping it at any point is safe (see [`MappedModel::layer`]).
+#[must_use = "futures do nothing unless polled"]
+pub struct LayerFetch {
+    state: FetchState,
+}
+
+enum FetchState {
+    /// A hit, taken by the first poll.
+    Hit(Option<LayerWeights>),
+    /// A miss (or a bad argument): the rest of the fetch.
+    Pending(BoxFuture<'static, Result<LayerWeights>>),
+}
+
+impl LayerFetch {
+    /// Whether the layer was cached when the fetch was made, so the first
+    /// poll returns it at once.
+    pub fn is_hit(&self) -> bool {
+        matches!(self.state, FetchState::Hit(Some(_)))
+    }
+}
+
+impl Future for LayerFetch {
+    type Output = Result<LayerWeights>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().state {
+            // A second poll after completion is a caller's bug: say so
+            // rather than panic.
+            FetchState::Hit(weights) => Poll::Ready(weights.take().ok_or_else(|| {
+                Error::InvalidArgument("LayerFetch polled after it completed".into())
+            })),
+            FetchState::Pending(rest) => rest.as_mut().poll(cx),
+        }
+    }
+}
+
+impl fmt::Debug for LayerFetch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LayerFetch")
+            .field("hit", &self.is_hit())
+            .finish_non_exhaustive()
     }
 }
 
@@ -523,27 +587,43 @@ impl Shared {
 
     fn touch(&self, layer: usize) {
         let meta = &self.metas[layer];
-        meta.last_used
-            .store(self.clock.fetch_add(1, Relaxed), Relaxed);
-        let now = self.opened_at.elapsed().as_nanos() as u64;
-        meta.last_accessed.store(now.max(1), Relaxed);
+        // A logical timestamp for the policy's replay order, bumped without
+        // an atomic read-modify-write: fetches racing on two threads may
+        // share a tick, which only leaves their relative order open.
+        let tick = self.clock.load(Relaxed);
+        self.clock.store(tick + 1, Relaxed);
+        meta.last_used.store(tick, Relaxed);
+        let since_open = coarse_nanos().saturating_sub(self.opened_at);
+        meta.last_accessed.store(since_open.max(1), Relaxed);
         meta.access_count.fetch_add(1, Relaxed);
         if !meta.accessed.load(Relaxed) {
             meta.accessed.store(true, Relaxed);
         }
     }
 
-    async fn fetch(self: Arc<Self>, layer: usize) -> Result<LayerWeights> {
+    /// The synchronous half of a fetch: checks the argument, records the
+    /// access and returns the weights if they are cached; `None` means the
+    /// caller must go on with [`Shared::fetch_miss`].
+    fn fetch_cached(&self, layer: usize) -> Result<Option<LayerWeights>> {
         self.check(layer)?;
         self.touch(layer);
-        if let Some((weights, first_use)) = self.cache.get_ready(layer) {
-            let _span = tracing::trace_span!("fetch", layer, hit = true).entered();
-            Counters::bump(&self.counters.hits);
-            if first_use {
-                Counters::bump(&self.counters.prefetch_used);
-            }
-            return Ok(weights);
+        let Some((weights, first_use)) = self.cache.get_ready(layer) else {
+            return Ok(None);
+        };
+        let _span = tracing::trace_span!("fetch", layer, hit = true).entered();
+        // Not counted: hits are fetches minus misses (`MappedModel::stats`),
+        // which spares the hit path an atomic increment.
+        if first_use {
+            Counters::bump(&self.counters.prefetch_used);
         }
+        Ok(Some(weights))
+    }
+
+    /// The rest of a fetch whose access [`Shared::fetch_cached`] recorded:
+    /// joins or starts the layer's read (or hits, if the layer arrived
+    /// in between).
+    async fn fetch_miss(self: Arc<Self>, layer: usize) -> Result<LayerWeights> {
+        self.check(layer)?;
         let span = tracing::debug_span!(
             "fetch",
             layer,
@@ -556,22 +636,19 @@ impl Shared {
         let result = async {
             let (lookup, first_use) = self.start_or_join(layer, Origin::Demand, None);
             match lookup {
+                // The layer arrived between the call and this poll; the
+                // fetch stays counted as the miss it was when called.
                 Lookup::Hit(weights) => {
-                    Counters::bump(&self.counters.hits);
                     if first_use {
                         Counters::bump(&self.counters.prefetch_used);
                     }
                     Ok(weights)
                 }
                 Lookup::Wait(done) => {
-                    Counters::bump(&self.counters.misses);
                     Counters::bump(&self.counters.coalesced);
                     done.await
                 }
-                Lookup::Started { done, .. } => {
-                    Counters::bump(&self.counters.misses);
-                    done.await
-                }
+                Lookup::Started { done, .. } => done.await,
             }
         }
         .instrument(span.clone())
@@ -867,4 +944,26 @@ impl Drop for Load {
             self.shared.budget.changed.notify_waiters();
         }
     }
+}
+
+/// Nanoseconds on the kernel's coarse monotonic clock, for `last_accessed`.
+///
+/// Every fetch stamps its layer, so this is on the hit path: reading the
+/// coarse clock is a plain load from the vDSO page, where `Instant::now`
+/// reads the TSC and scales it (docs/performance.md has both costs). Its
+/// resolution is the kernel tick (1–4 ms), plenty for a "last accessed"
+/// timestamp; the order of accesses comes from `Shared::clock`.
+fn coarse_nanos() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable `timespec` that outlives the call, and
+    // CLOCK_MONOTONIC_COARSE exists on every Linux since 2.6.32, so the call
+    // only writes `ts` and cannot fail.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    debug_assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC_COARSE) failed");
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }

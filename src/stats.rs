@@ -11,7 +11,9 @@ use parking_lot::Mutex;
 pub struct Stats {
     /// Fetches answered from the cache without I/O.
     pub hits: u64,
-    /// Fetches that had to wait for a read (their own or one in flight).
+    /// Fetches that did not find the layer cached when called: they waited
+    /// for a read, their own or one in flight (or, rarely, for nothing, when
+    /// the layer arrived before their first poll).
     pub misses: u64,
     /// Misses that joined a read already in flight instead of starting one.
     pub coalesced: u64,
@@ -70,7 +72,6 @@ impl Stats {
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) coalesced: AtomicU64,
     pub(crate) reads: AtomicU64,
@@ -115,10 +116,15 @@ impl Counters {
         (b.total + open).as_nanos() as u64
     }
 
-    pub(crate) fn snapshot(&self, budget: crate::budget::Snapshot) -> Stats {
+    /// The counters now; `fetches` is every fetch of a valid layer (the sum
+    /// of the layers' access counts), of which those not misses were hits.
+    pub(crate) fn snapshot(&self, fetches: u64, budget: crate::budget::Snapshot) -> Stats {
+        let misses = self.misses.load(Relaxed);
         Stats {
-            hits: self.hits.load(Relaxed),
-            misses: self.misses.load(Relaxed),
+            // Saturating: the counters are read one after another while
+            // fetches run, so a snapshot may see a miss whose access it missed.
+            hits: fetches.saturating_sub(misses),
+            misses,
             coalesced: self.coalesced.load(Relaxed),
             reads: self.reads.load(Relaxed),
             bytes_read: self.bytes_read.load(Relaxed),

@@ -1,7 +1,39 @@
 //! `hyperion bench --quick --json` on a 64 MiB model: the JSON report has
 //! every figure and ratio, all positive, and the temp files are gone.
+//! `hyperion load`: whole and streaming loads of `.tmai` and safetensors
+//! files report the same checksum, peak RSS and budget, and bad input is a
+//! one-line error.
 
-use std::process::Command;
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn hyperion(args: &[&str], file: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hyperion"))
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+fn succeed_json(args: &[&str], file: &Path) -> serde_json::Value {
+    let out = hyperion(args, file);
+    assert!(
+        out.status.success(),
+        "hyperion {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The checksum `hyperion load` computes: little-endian u64 words, tail bytes one by one.
+fn touch(bytes: &[u8]) -> u64 {
+    let words = bytes.chunks_exact(8);
+    let tail: u64 = words.remainder().iter().map(|&b| u64::from(b)).sum();
+    words
+        .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+        .fold(tail, u64::wrapping_add)
+}
 
 #[test]
 fn bench_quick_json_reports_every_figure() {
@@ -27,6 +59,7 @@ fn bench_quick_json_reports_every_figure() {
         "memcpy",
         "stream_cold_io_uring",
         "stream_cold_io_uring_buffered",
+        "stream_cold_pread",
         "stream_cold_mmap",
         "stream_warm",
         "random_cold",
@@ -35,6 +68,7 @@ fn bench_quick_json_reports_every_figure() {
         "concurrent_16",
         "concurrent_64",
         "prefetch_ahead",
+        "stream_8x_budget",
     ] {
         let m = &v["measurements"][name];
         let (min, median, max) = (
@@ -58,6 +92,132 @@ fn bench_quick_json_reports_every_figure() {
         let r = v["ratios"][ratio].as_f64().unwrap_or(0.0);
         assert!(r > 0.0 && r.is_finite(), "{ratio}: {r}");
     }
+    // Peak RSS streaming a model 8× the budget, with the check's result.
+    let rss = &v["rss"]["stream_8x_budget"];
+    let budget = rss["budget"].as_u64().unwrap();
+    assert_eq!(budget, 8 << 20, "{rss}");
+    assert_eq!(rss["model_over_budget"].as_f64(), Some(8.0));
+    let peaks = rss["peak_rss_bytes"].as_array().unwrap();
+    assert_eq!(peaks.len(), 2);
+    assert!(peaks.iter().all(|p| p.as_u64().unwrap() > 0));
+    assert_eq!(rss["limit_bytes"].as_u64(), Some(budget + (32 << 20)));
+    let worst = rss["worst_peak_rss_bytes"].as_u64().unwrap();
+    assert_eq!(rss["met"].as_bool(), Some(worst <= budget + (32 << 20)));
     // Only the (now empty) directory we made is left: the bench removed its files.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn load_whole_and_streaming_report_the_same_bytes() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("m.tmai");
+    let spec = hyperion::synth::SynthSpec {
+        layers: 8,
+        layer_size: 1 << 20,
+        ..Default::default()
+    };
+    hyperion::synth::write(&path, &spec).unwrap();
+    let expected = (0..spec.layers).fold(0u64, |s, i| s.wrapping_add(touch(&spec.layer_bytes(i))));
+
+    let whole = succeed_json(&["load", "--json", "--cold"], &path);
+    assert_eq!(whole["mode"], "whole");
+    assert_eq!(whole["layers"], 8);
+    assert_eq!(whole["bytes"], 8 << 20);
+    assert_eq!(whole["checksum"], format!("{expected:016x}"));
+    assert!(whole["budget"].as_u64().unwrap() >= 8 << 20);
+    assert!(whole["mb_s"].as_f64().unwrap() > 0.0);
+    // The whole model was held at once.
+    assert_eq!(whole["peak_memory"], 8 << 20);
+    let peak = whole["peak_rss_bytes"].as_u64().unwrap();
+    assert!(peak >= 8 << 20 && peak >= whole["rss_before_bytes"].as_u64().unwrap());
+
+    for extra in [&["--buffered"][..], &["--backend", "mmap"], &[]] {
+        let args = [&["load", "--json", "--budget", "2097152"][..], extra].concat();
+        let s = succeed_json(&args, &path);
+        assert_eq!(s["mode"], "stream", "{args:?}");
+        assert_eq!(s["checksum"], whole["checksum"], "{args:?}");
+        assert!(
+            s["peak_memory"].as_u64().unwrap() <= 2 << 20,
+            "{args:?}: {s}"
+        );
+    }
+
+    // The text form says the same in one line.
+    let out = hyperion(&["load"], &path);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("whole") && text.contains(&format!("{expected:016x}")),
+        "{text}"
+    );
+}
+
+#[test]
+fn load_reads_safetensors_tensor_by_tensor() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("m.safetensors");
+    let names = [
+        "model.embed_tokens.weight",
+        "model.layers.0.mlp.up_proj.weight",
+        "model.layers.0.input_layernorm.weight",
+        "model.layers.1.mlp.up_proj.weight",
+        "lm_head.weight",
+    ];
+    // Odd sizes, so that tails shorter than a word are summed too.
+    let data: Vec<Vec<u8>> = (0..names.len())
+        .map(|i| {
+            (0..(4096 * (i + 1) + 6))
+                .map(|b| (b * 31 + i) as u8)
+                .collect()
+        })
+        .collect();
+    let views: HashMap<String, safetensors::tensor::TensorView<'_>> = names
+        .iter()
+        .zip(&data)
+        .map(|(n, d)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F16, vec![d.len() / 2], d)
+                    .unwrap();
+            (n.to_string(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    let expected = data.iter().fold(0u64, |s, d| s.wrapping_add(touch(d)));
+
+    let v = succeed_json(&["load", "--json", "--cold"], &path);
+    assert_eq!(v["tensors"], 5);
+    assert_eq!(v["bytes"], data.iter().map(Vec::len).sum::<usize>());
+    assert_eq!(v["checksum"], format!("{expected:016x}"));
+}
+
+#[test]
+fn load_refuses_bad_input_with_one_line() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("m.tmai");
+    let spec = hyperion::synth::SynthSpec {
+        layers: 2,
+        layer_size: 1 << 20,
+        ..Default::default()
+    };
+    hyperion::synth::write(&path, &spec).unwrap();
+    let garbage = dir.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"not a model at all").unwrap();
+    for (args, file, says) in [
+        (
+            &["load"][..],
+            dir.path().join("missing.tmai"),
+            "cannot read",
+        ),
+        (&["load", "--budget", "0"], path.clone(), "--budget 0"),
+        (&["load", "--budget", "4096"], path.clone(), "budget"),
+        (&["load"], garbage, "garbage.safetensors"),
+    ] {
+        let out = hyperion(args, &file);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} {file:?} succeeded");
+        assert!(err.starts_with("hyperion: load: "), "{err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
 }

@@ -33,7 +33,10 @@ fn seeds() -> Vec<u64> {
     (0..n).collect()
 }
 
-on_both_backends!(dropping_fetches_anywhere_leaks_nothing);
+on_all_backends!(
+    dropping_fetches_anywhere_leaks_nothing,
+    every_drop_point_leaks_nothing
+);
 
 async fn dropping_fetches_anywhere_leaks_nothing(backend: Backend) {
     let layers = 6;
@@ -121,4 +124,132 @@ async fn dropping_fetches_anywhere_leaks_nothing(backend: Backend) {
         })
         .await;
     }
+}
+
+/// Where the read of the layer whose fetch is dropped has got to.
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    /// Waiting for memory: every byte of the budget is held by a caller.
+    WaitingForMemory,
+    /// Memory reserved, the read at the backend (held at the gate).
+    Reading,
+    /// The read has landed; the fetch has not been polled since.
+    Landed,
+}
+
+/// What happens to the layer after the fetch is dropped.
+#[derive(Clone, Copy, Debug)]
+enum After {
+    Nothing,
+    Release,
+    Close,
+}
+
+/// The exhaustive counterpart of the randomised test: a fetch has two await
+/// points (not yet polled, and waiting for the read it started or joined),
+/// and the read it waits for has three phases. Every combination, for the
+/// fetch that started the read and for one that joined it, followed by
+/// nothing, a release or a close: the other fetch still resolves (exact
+/// bytes, or a typed error if the layer was released or the model closed),
+/// the layer loads again, and memory returns to zero after close.
+async fn every_drop_point_leaks_nothing(backend: Backend) {
+    let m = TestModel::new(2, 32 * KIB);
+    let budget = 32 * KIB; // room for one layer
+    for phase in [Phase::WaitingForMemory, Phase::Reading, Phase::Landed] {
+        for drop_starter in [true, false] {
+            for after in [After::Nothing, After::Release, After::Close] {
+                let case = format!(
+                    "{phase:?}, dropping the {}, then {after:?}",
+                    if drop_starter { "starter" } else { "joiner" }
+                );
+                drop_one_fetch(&m, backend, budget, phase, drop_starter, after, &case).await;
+            }
+        }
+    }
+
+    // The first await point: a fetch made and dropped without a poll starts
+    // nothing and leaves nothing behind.
+    let model = m.open(config(backend, budget)).await;
+    drop(model.layer(1));
+    assert_eq!(model.stats().reads, 0);
+    m.check(1, &model.layer(1).await.unwrap());
+}
+
+async fn drop_one_fetch(
+    m: &TestModel,
+    backend: Backend,
+    budget: u64,
+    phase: Phase,
+    drop_starter: bool,
+    after: After,
+    case: &str,
+) {
+    let model = m
+        .open(MmapConfig {
+            memory_wait_timeout: Duration::from_secs(30),
+            ..config(backend, budget)
+        })
+        .await;
+    let gate = Gate::closed();
+    gate.install(&model);
+    gate.open(1);
+    let mut held = Some(model.layer(0).await.unwrap());
+
+    let mut starter: Fetch = Box::pin(model.layer(1));
+    assert!(futures::poll!(starter.as_mut()).is_pending(), "{case}");
+    let mut joiner: Fetch = Box::pin(model.layer(1));
+    assert!(futures::poll!(joiner.as_mut()).is_pending(), "{case}");
+    assert_eq!(model.stats().coalesced, 1, "{case}");
+
+    match phase {
+        Phase::WaitingForMemory => tokio::time::sleep(Duration::from_millis(20)).await,
+        Phase::Reading => {
+            held = None;
+            gate.wait_entered(2).await;
+        }
+        Phase::Landed => {
+            held = None;
+            gate.open(1);
+            eventually("the read lands", || model.stats().reads == 2).await;
+        }
+    }
+    let survivor = if drop_starter {
+        drop(starter);
+        joiner
+    } else {
+        drop(joiner);
+        starter
+    };
+    match after {
+        After::Nothing => {}
+        After::Release => {
+            model.release(1).unwrap();
+        }
+        After::Close => model.clone().close(),
+    }
+    drop(held);
+    gate.open(100);
+
+    match tokio::time::timeout(Duration::from_secs(10), survivor).await {
+        Err(_) => panic!("{case}: the other fetch was never woken"),
+        Ok(Ok(w)) => m.check(1, &w),
+        Ok(Err(e)) => assert!(
+            !matches!(after, After::Nothing),
+            "{case}: the other fetch failed: {e}"
+        ),
+    }
+    assert!(model.stats().peak_memory <= budget, "{case}");
+    if !matches!(after, After::Close) {
+        let w = tokio::time::timeout(Duration::from_secs(10), model.layer(1))
+            .await
+            .unwrap_or_else(|_| panic!("{case}: layer 1 is stuck"))
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        m.check(1, &w);
+    }
+    let watcher = model.clone();
+    model.close();
+    eventually("memory returns to zero after close", || {
+        watcher.memory_usage() == 0
+    })
+    .await;
 }

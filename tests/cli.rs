@@ -275,3 +275,31 @@ fn convert_keeps_every_tensor_of_safetensors_and_gguf_files() {
         );
     }
 }
+
+#[test]
+fn the_demo_accepts_every_backend_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for (arg, name) in [
+        ("auto", "io_uring"),
+        ("io-uring", "io_uring"),
+        ("pread", "pread"),
+        ("mmap", "mmap"),
+    ] {
+        let out = succeed(
+            hyperion()
+                .args(["demo", "--layers", "4", "--layer-size", "262144"])
+                .args(["--budget", "1048576", "--passes", "1", "--backend", arg])
+                .arg("--dir")
+                .arg(dir.path()),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let summary = stdout
+            .lines()
+            .find(|l| l.starts_with("summary:"))
+            .expect("a summary line");
+        assert!(
+            summary.contains(&format!("backend={name} ")) && summary.contains("verified=ok"),
+            "--backend {arg}: {summary}"
+        );
+    }
+}

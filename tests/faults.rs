@@ -72,7 +72,7 @@ async fn run(backend: Backend, plan: FaultPlan, chunk: u64) -> (usize, usize, Ar
     (ok, failed, plan)
 }
 
-on_both_backends!(
+on_all_backends!(
     transient_errors_are_retried_or_reported,
     hard_errors_are_typed_and_leave_nothing_stuck,
     delays_reorder_completions_without_changing_bytes
@@ -83,15 +83,19 @@ async fn transient_errors_are_retried_or_reported(backend: Backend) {
     let (ok, failed, plan) = run(backend, plan, 16 * KIB).await;
     assert!(plan.injected() > 10, "{} faults", plan.injected());
     match backend {
-        // The ring retries transient errors: every layer arrives.
-        Backend::IoUring => assert_eq!((ok, failed), (3 * LAYERS, 0)),
+        // io_uring and pread retry transient errors: every layer arrives.
+        Backend::IoUring | Backend::Pread => assert_eq!((ok, failed), (3 * LAYERS, 0)),
         // mmap has no transient errors of its own: injected ones are reported.
         _ => assert!(ok > 0 && failed > 0 && ok + failed == 3 * LAYERS),
     }
 }
 
 async fn hard_errors_are_typed_and_leave_nothing_stuck(backend: Backend) {
-    let plan = FaultPlan::new(2).with_errors(0.1, &[libc::EIO]);
+    // mmap draws one fault per layer read, the others one per chunk (seven
+    // here): at 10% mmap sometimes put every fault on prefetches no fetch
+    // joined, and no fetch saw an error.
+    let rate = if backend == Backend::Mmap { 0.3 } else { 0.1 };
+    let plan = FaultPlan::new(2).with_errors(rate, &[libc::EIO]);
     let (ok, failed, plan) = run(backend, plan, 16 * KIB).await;
     assert!(plan.injected() > 0);
     assert!(failed > 0, "some fetches must see the EIO");
@@ -105,27 +109,51 @@ async fn delays_reorder_completions_without_changing_bytes(backend: Backend) {
     assert_eq!((ok, failed), (3 * LAYERS, 0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn short_reads_are_resumed() {
+/// Short reads exist only for the engines that issue read requests (mmap
+/// reads by touching pages): these run on io_uring and pread.
+mod requests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn short_reads_are_resumed_io_uring() {
+        short_reads_are_resumed(Backend::IoUring).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn short_reads_are_resumed_pread() {
+        short_reads_are_resumed(Backend::Pread).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn everything_at_once_io_uring() {
+        everything_at_once(Backend::IoUring).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn everything_at_once_pread() {
+        everything_at_once(Backend::Pread).await
+    }
+}
+
+async fn short_reads_are_resumed(backend: Backend) {
     let plan = FaultPlan::new(4).with_short_reads(0.6);
-    let (ok, failed, plan) = run(Backend::IoUring, plan, 32 * KIB).await;
+    let (ok, failed, plan) = run(backend, plan, 32 * KIB).await;
     assert!(plan.injected() > 10, "{} short reads", plan.injected());
     assert_eq!((ok, failed), (3 * LAYERS, 0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn everything_at_once() {
+async fn everything_at_once(backend: Backend) {
     let plan = FaultPlan::new(5)
         .with_errors(0.05, &[libc::EINTR, libc::EIO, libc::ECANCELED])
         .with_short_reads(0.3)
         .with_delays(0.3, Duration::from_millis(2));
-    let (ok, failed, _) = run(Backend::IoUring, plan, 8 * KIB).await;
+    let (ok, failed, _) = run(backend, plan, 8 * KIB).await;
     assert_eq!(ok + failed, 3 * LAYERS);
     assert!(ok > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_ring_that_cannot_be_created_falls_back_or_is_an_error() {
+async fn a_ring_that_cannot_be_created_falls_back_to_pread_or_is_an_error() {
     let m = TestModel::new(3, 64 * KIB);
     let plan = || Arc::new(FaultPlan::new(6).with_ring_setup_failure());
     let err = MappedModel::open_with_faults(&m.path, config(Backend::IoUring, 1 << 20), plan())
@@ -135,7 +163,7 @@ async fn a_ring_that_cannot_be_created_falls_back_or_is_an_error() {
     let model = MappedModel::open_with_faults(&m.path, config(Backend::Auto, 1 << 20), plan())
         .await
         .unwrap();
-    assert_eq!(model.backend(), Backend::Mmap);
+    assert_eq!(model.backend(), Backend::Pread);
     for i in 0..3 {
         m.check(i, &model.layer(i).await.unwrap());
     }

@@ -1447,7 +1447,7 @@ fn tensor_infos_match_gguf_py() {
     }
 }
 
-on_both_backends!(
+on_all_backends!(
     tensors_through_the_loader_match_gguf_py,
     a_layer_of_one_empty_tensor_reads_as_nothing,
 );

@@ -1,6 +1,7 @@
 //! With io_uring blocked by seccomp (as container runtimes often do),
-//! `Backend::Auto` falls back to mmap, says so once, and still reads every
-//! byte; `Backend::IoUring` is a typed error.
+//! `Backend::Auto` falls back to the pread engine (not mmap, which could
+//! SIGBUS on a truncated file), says so once, and still reads every byte, in
+//! one chunk per layer or in several; `Backend::IoUring` is a typed error.
 //!
 //! This file holds a single test on purpose: the seccomp filter is installed
 //! on the test's thread and inherited by every thread it starts, and each
@@ -11,7 +12,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::{config, TestModel, KIB};
-use hyperion::{Backend, Error, MappedModel};
+use hyperion::{Backend, Error, MappedModel, MmapConfig};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
 
@@ -80,7 +81,7 @@ impl<S: tracing::Subscriber> Layer<S> for Warnings {
 }
 
 #[test]
-fn auto_falls_back_to_mmap_when_io_uring_is_blocked() {
+fn auto_falls_back_to_pread_when_io_uring_is_blocked() {
     let m = TestModel::new(4, 96 * KIB);
     block_io_uring();
     let warnings = Warnings::default();
@@ -109,8 +110,20 @@ fn auto_falls_back_to_mmap_when_io_uring_is_blocked() {
 
         for _ in 0..2 {
             let model = m.open(config(Backend::Auto, 1 << 20)).await;
-            assert_eq!(model.backend(), Backend::Mmap);
+            assert_eq!(model.backend(), Backend::Pread);
             for i in 0..4 {
+                m.check(i, &model.layer(i).await.unwrap());
+            }
+            // Several chunks per layer, read by several threads.
+            let model = m
+                .open(MmapConfig {
+                    read_chunk_size: 16 * KIB,
+                    reads_in_flight: 3,
+                    ..config(Backend::Auto, 1 << 20)
+                })
+                .await;
+            assert_eq!(model.backend(), Backend::Pread);
+            for i in (0..4).rev() {
                 m.check(i, &model.layer(i).await.unwrap());
             }
         }

@@ -12,7 +12,7 @@ use common::{config, eventually, TestModel, KIB};
 use hyperion::{Backend, LayerWeights, MmapConfig};
 use rand::{Rng, SeedableRng};
 
-on_both_backends!(
+on_all_backends!(
     random_operations_from_many_tasks_stay_within_budget_and_exact,
     the_same_with_adaptive_caching,
     one_cold_layer_awaited_by_a_thousand_tasks_is_read_once

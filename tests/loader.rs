@@ -1,4 +1,4 @@
-//! The loader's behaviour, run against both backends.
+//! The loader's behaviour, run against every backend.
 
 mod common;
 
@@ -10,7 +10,7 @@ use common::{config, eventually, Gate, TestModel, KIB};
 use hyperion::{Backend, Error, LayerWeights, MappedModel, MmapConfig};
 use rand::{Rng, SeedableRng};
 
-on_both_backends!(
+on_all_backends!(
     every_layer_arrives_bit_exact,
     tensor_views_name_the_exact_bytes,
     a_hit_returns_the_cached_buffer_without_a_read,
@@ -709,14 +709,17 @@ async fn the_granule_rounds_every_charge(backend: Backend) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_backends_return_identical_bytes() {
+async fn every_backend_returns_identical_bytes() {
     let m = TestModel::new(5, 200 * KIB + 4);
     let a = m.open(config(Backend::IoUring, 4 << 20)).await;
     let b = m.open(config(Backend::Mmap, 4 << 20)).await;
+    let c = m.open(config(Backend::Pread, 4 << 20)).await;
     for i in 0..5 {
         let (x, y) = (a.layer(i).await.unwrap(), b.layer(i).await.unwrap());
+        let z = c.layer(i).await.unwrap();
         assert_eq!(&x[..], &y[..]);
-        assert!(!x.is_mapped() && y.is_mapped());
+        assert_eq!(&x[..], &z[..]);
+        assert!(!x.is_mapped() && y.is_mapped() && !z.is_mapped());
     }
 }
 

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::Path;
 
 use common::{bytes_read_by_this_process, config};
-use hyperion::{Backend, MappedModel};
+use hyperion::MappedModel;
 
 /// Writes a safetensors file of `blocks` blocks of two 1 MiB F32 tensors,
 /// named `prefix`N, whose data is a hole (the file is sparse).
@@ -60,7 +60,7 @@ async fn opening_reads_only_the_headers() {
     .unwrap();
 
     for (path, layers) in [(single.as_path(), 32), (shards.as_path(), 48)] {
-        for backend in [Backend::IoUring, Backend::Mmap] {
+        for backend in common::ALL_BACKENDS {
             let before = bytes_read_by_this_process();
             let model = MappedModel::open(path, config(backend, 8 << 20))
                 .await

@@ -7,19 +7,55 @@ use hyperion::{Backend, LayerWeights};
 use tokio_test::task;
 use tokio_test::{assert_pending, assert_ready_ok};
 
-on_both_backends!(
+on_all_backends!(
     a_hit_is_ready_on_the_first_poll,
-    waiters_are_woken_when_the_read_lands
+    waiters_are_woken_when_the_read_lands,
+    hits_and_misses_are_counted_when_the_fetch_is_made
 );
 
 async fn a_hit_is_ready_on_the_first_poll(backend: Backend) {
     let m = TestModel::new(2, 64 * KIB);
     let model = m.open(config(backend, 1 << 20)).await;
     let cached = model.layer(0).await.unwrap();
-    let mut fetch = task::spawn(model.layer(0));
+    let fetch = model.layer(0);
+    assert!(
+        fetch.is_hit(),
+        "a cached layer is found when the fetch is made"
+    );
+    let mut fetch = task::spawn(fetch);
     let w = assert_ready_ok!(fetch.poll());
     assert!(LayerWeights::ptr_eq(&w, &cached));
     assert_eq!(model.stats().reads, 1);
+    // Polling a completed fetch again is the caller's bug: an error, not a panic.
+    let again = fetch.poll();
+    assert!(
+        matches!(
+            again,
+            std::task::Poll::Ready(Err(hyperion::Error::InvalidArgument(_)))
+        ),
+        "{again:?}"
+    );
+}
+
+async fn hits_and_misses_are_counted_when_the_fetch_is_made(backend: Backend) {
+    let m = TestModel::new(2, 64 * KIB);
+    let model = m.open(config(backend, 1 << 20)).await;
+    let gate = Gate::closed();
+    gate.install(&model);
+    let mut cold = task::spawn(model.layer(1));
+    assert!(!cold.is_hit());
+    assert_pending!(cold.poll());
+    gate.open(1);
+    let first = cold.await.unwrap();
+    // Made before any poll, while the layer is cached: a hit.
+    let warm = model.layer(1);
+    assert!(warm.is_hit());
+    let second = warm.await.unwrap();
+    assert!(LayerWeights::ptr_eq(&first, &second));
+    let _ = model.layer(7).await.unwrap_err();
+    let s = model.stats();
+    assert_eq!((s.hits, s.misses, s.reads), (1, 1, 1), "{s:?}");
+    assert_eq!(model.descriptor(1).unwrap().access_count, 2);
 }
 
 async fn waiters_are_woken_when_the_read_lands(backend: Backend) {
@@ -43,4 +79,11 @@ async fn waiters_are_woken_when_the_read_lands(backend: Backend) {
     assert!(LayerWeights::ptr_eq(&a, &b));
     m.check(1, &a);
     assert_eq!(model.stats().reads, 1);
+}
+
+/// A fetch can be stored in a struct, moved across threads and spawned.
+#[test]
+fn a_fetch_is_send_static_and_unpin() {
+    fn check<T: std::future::Future + Send + Unpin + 'static>() {}
+    check::<hyperion::LayerFetch>();
 }

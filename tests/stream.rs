@@ -1,4 +1,4 @@
-//! `stream_layers`: the pipelined pass, on both backends.
+//! `stream_layers`: the pipelined pass, on every backend.
 
 mod common;
 
@@ -8,7 +8,7 @@ use common::{config, eventually, Gate, TestModel, KIB};
 use futures::StreamExt;
 use hyperion::{Backend, Error, MmapConfig};
 
-on_both_backends!(
+on_all_backends!(
     streams_every_layer_in_order_within_the_budget,
     follows_any_order_and_reports_bad_indices_in_place,
     reads_ahead_exactly_lookahead_layers,

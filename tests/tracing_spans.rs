@@ -50,6 +50,8 @@ fn open_fetch_prefetch_evict_and_release_have_spans() {
         eventually("the prefetch lands", || model.descriptor(1).unwrap().cached).await;
         model.layer(2).await.unwrap();
         model.release(2).unwrap();
+        let pread: MappedModel = m.open(config(Backend::Pread, 2 * 64 * KIB)).await;
+        pread.layer(1).await.unwrap();
     });
     let spans = recorder.0.lock().unwrap().clone();
     let has = |prefix: &str| spans.iter().any(|s| s.starts_with(prefix));
@@ -59,6 +61,10 @@ fn open_fetch_prefetch_evict_and_release_have_spans() {
         "{spans:#?}"
     );
     assert!(has("fetch layer=0 hit=true"), "{spans:#?}");
+    assert!(
+        has("fetch layer=1 hit=false bytes=65536 backend=\"pread\""),
+        "{spans:#?}"
+    );
     assert!(has("prefetch layer=1"), "{spans:#?}");
     assert!(has("evict layer="), "{spans:#?}");
     assert!(has("release layer=2"), "{spans:#?}");

@@ -6,9 +6,11 @@
 //! # The hazard
 //! A mapped file that shrinks under the mapping raises `SIGBUS` on access to
 //! the lost pages. Hyperion checks every range against the file's length at
-//! open, but cannot stop another process truncating the file afterwards;
-//! that is why [`Backend::Auto`] prefers io_uring, which turns truncation into
-//! a [`Error::Truncated`] instead.
+//! open and again before each read, but cannot stop another process
+//! truncating the file during a read or while a view is held; that is why
+//! [`Backend::Auto`] never uses this backend (io_uring, else pread, both turn
+//! truncation into [`Error::Truncated`]), and why it is used only when
+//! [`Backend::Mmap`] is asked for.
 
 use std::fs::File;
 use std::path::Path;

@@ -1,13 +1,18 @@
 //! Read backends: how the bytes of a layer that is not cached get into memory.
 //!
-//! One small trait, two engines in their own files: [`uring`] (io_uring on a
-//! dedicated ring thread, direct I/O into aligned buffers) and [`mmap`]
-//! (views into a mapping of the file, paged in with `madvise`). The cache
+//! One small trait, three engines in their own files: [`uring`] (io_uring on
+//! a dedicated ring thread, direct I/O into aligned buffers), [`pread`]
+//! (blocking `pread` on tokio's blocking pool into the same buffers, what
+//! [`Backend::Auto`] falls back to) and [`mmap`] (views into a mapping of the
+//! file, paged in with `madvise`; only when asked for, as it can `SIGBUS` on
+//! a truncated file). The two that read into buffers share [`aligned`]. The cache
 //! reserves budget first and hands the [`Charge`] to the backend, which puts
 //! it inside the memory it fills, so the charge lives exactly as long as
 //! the memory.
 
+pub(crate) mod aligned;
 pub(crate) mod mmap;
+pub(crate) mod pread;
 pub(crate) mod uring;
 
 use std::path::Path;
@@ -64,6 +69,9 @@ pub(crate) trait ReadBackend: Send + Sync + 'static {
 
 /// Opens the engine `config.backend` asks for over `files`, with the test
 /// fault plan `faults` (always `None` outside tests).
+///
+/// `Auto` is io_uring, or pread where the ring cannot be created; never mmap,
+/// so that a file truncated under an open model cannot raise `SIGBUS`.
 pub(crate) async fn open_backend(
     files: &[Arc<Path>],
     config: &MmapConfig,
@@ -72,12 +80,13 @@ pub(crate) async fn open_backend(
     let uring = || uring::UringBackend::open(files, config, faults.clone());
     match config.backend {
         Backend::Mmap => Ok(Arc::new(mmap::MmapBackend::open(files, faults.clone())?)),
+        Backend::Pread => Ok(Arc::new(pread::PreadBackend::open(files, config, faults)?)),
         Backend::IoUring => Ok(Arc::new(uring().await?)),
         Backend::Auto => match uring().await {
             Ok(b) => Ok(Arc::new(b)),
             Err(e @ Error::BackendUnavailable { .. }) => {
                 warn_fallback_once(&e);
-                Ok(Arc::new(mmap::MmapBackend::open(files, faults.clone())?))
+                Ok(Arc::new(pread::PreadBackend::open(files, config, faults)?))
             }
             Err(e) => Err(e),
         },
@@ -87,6 +96,6 @@ pub(crate) async fn open_backend(
 fn warn_fallback_once(e: &Error) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(
-        || tracing::warn!(error = %e, "io_uring unavailable, falling back to the mmap backend"),
+        || tracing::warn!(error = %e, "io_uring unavailable, falling back to the pread backend"),
     );
 }

@@ -9,6 +9,9 @@
 //! and reads the filesystem refuses with `O_DIRECT` (`EINVAL`) fall back to
 //! buffered reads of the same file.
 //!
+//! The layout of a layer into chunks, the buffer, and the judgement of each
+//! request's outcome are shared with the pread engine ([`super::aligned`]).
+//!
 //! If a caller gives up while a job runs, the job still finishes on the ring
 //! thread. Each in-flight request owns a reference to the buffer, which
 //! tokio-uring keeps until the kernel completes the request, so the kernel
@@ -38,10 +41,7 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io;
 use std::ops::Range;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -51,19 +51,18 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
+use super::aligned::{self, Chunk, Span, Step, Tuning};
 use crate::budget::Charge;
 use crate::buffer::AlignedBuf;
 use crate::config::{Backend, MmapConfig};
 use crate::error::{Error, Result};
-use crate::faults::{Fault, FaultPlan};
-use crate::index::{align_down, align_up, LayerSpec, BLOCK};
-use crate::weights::{LayerBytes, Storage};
+use crate::faults::FaultPlan;
+use crate::index::{LayerSpec, BLOCK};
+use crate::weights::LayerBytes;
 
 /// Submission queue entries of the ring: far more than the requests we keep
 /// in flight (prefetch_threads × reads_in_flight plus demand reads).
 const RING_ENTRIES: u32 = 256;
-/// Retries of a request that failed with EINTR or EAGAIN before giving up.
-const TRANSIENT_RETRIES: u32 = 16;
 /// The most requests in flight on the ring across all jobs, well under its
 /// submission queue, so a submission never fails for lack of room.
 const MAX_RING_REQUESTS: usize = RING_ENTRIES as usize / 2;
@@ -103,35 +102,12 @@ struct Job {
     reply: oneshot::Sender<Result<(), Error>>,
 }
 
-/// A block-aligned run of one file, and where its first byte goes in the buffer.
-#[derive(Clone, Copy, Debug)]
-struct Span {
-    file: usize,
-    /// Block-aligned file offset.
-    offset: u64,
-    /// Block-aligned length.
-    len: u64,
-    /// Start of the bytes the layer needs (the range's first byte).
-    needed_start: u64,
-    /// End of the bytes the layer needs; the file may end after this but
-    /// must not end before it.
-    needed_end: u64,
-    /// Offset in the buffer.
-    buf_offset: usize,
-}
-
 struct RingFile {
     path: Arc<Path>,
     direct: Option<tokio_uring::fs::File>,
     buffered: tokio_uring::fs::File,
     /// Cleared when the filesystem refuses a direct read; later reads are buffered.
     direct_ok: Cell<bool>,
-}
-
-#[derive(Clone, Copy)]
-struct Tuning {
-    chunk: u64,
-    depth: usize,
 }
 
 impl UringBackend {
@@ -144,10 +120,7 @@ impl UringBackend {
     ) -> Result<Self> {
         let (jobs, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
-        let tuning = Tuning {
-            chunk: align_up(config.read_chunk_size, BLOCK),
-            depth: config.reads_in_flight,
-        };
+        let tuning = Tuning::new(config);
         let paths: Vec<Arc<Path>> = files.to_vec();
         let direct = config.direct_io;
         let first = Arc::clone(&files[0]);
@@ -209,21 +182,7 @@ impl UringBackend {
         verify: Option<(u64, Arc<Path>)>,
     ) -> BoxFuture<'static, Result<LayerBytes>> {
         let path = Arc::clone(&self.files[spec.ranges[0].file]);
-        let mut spans = Vec::with_capacity(spec.ranges.len());
-        let mut buf_offset = 0usize;
-        for r in &spec.ranges {
-            let offset = align_down(r.offset, BLOCK);
-            let len = align_up(r.end(), BLOCK) - offset;
-            spans.push(Span {
-                file: r.file,
-                offset,
-                len,
-                needed_start: r.offset,
-                needed_end: r.end(),
-                buf_offset,
-            });
-            buf_offset += len as usize;
-        }
+        let (spans, buf_len) = aligned::spans(spec);
         let ranges = spec.ranges.clone();
         let size = spec.size as usize;
         let jobs = self.jobs.clone();
@@ -235,10 +194,7 @@ impl UringBackend {
             };
             // A pooled buffer holds an earlier layer's bytes: every byte the
             // layer exposes is overwritten below, or the read fails.
-            let buf = Arc::new(
-                AlignedBuf::charged(buf_offset, Some(charge))
-                    .map_err(|e| Error::io(&path, "allocate", e))?,
-            );
+            let buf = Arc::new(aligned::layer_buffer(&path, buf_len, charge)?);
             let (progress, hasher) = match &verify {
                 Some(_) if stream_hash && size >= crate::verify::BLOCKING_THRESHOLD => {
                     let (tx, rx) = mpsc::unbounded_channel();
@@ -268,26 +224,8 @@ impl UringBackend {
             };
             // Every request has completed and the hasher has returned, so no
             // one else holds the buffer.
-            let mut buf = Arc::try_unwrap(buf).map_err(|_| aborted())?;
-            // Each span starts at a block boundary of the buffer; the layer's
-            // bytes start `skew` into it.
-            let first_skew = (ranges[0].offset - spans[0].offset) as usize;
-            if ranges.len() > 1 {
-                // Move the ranges together. Every destination lies at or before
-                // its source, so copying in order never overwrites unread bytes.
-                let bytes = buf.as_mut_slice();
-                let mut at = first_skew;
-                for (r, s) in ranges.iter().zip(&spans) {
-                    let src = s.buf_offset + (r.offset - s.offset) as usize;
-                    bytes.copy_within(src..src + r.len as usize, at);
-                    at += r.len as usize;
-                }
-            }
-            let bytes = LayerBytes {
-                storage: Storage::Heap(buf),
-                start: first_skew,
-                len: size,
-            };
+            let buf = Arc::try_unwrap(buf).map_err(|_| aborted())?;
+            let bytes = aligned::into_layer(buf, &ranges, &spans, size);
             match (verify, digest) {
                 (None, _) => Ok(bytes),
                 (Some((expected, path)), Some(actual)) => {
@@ -392,29 +330,15 @@ fn ring_thread(
 }
 
 fn open_files(paths: &[Arc<Path>], direct: bool) -> Result<Vec<RingFile>> {
-    paths
-        .iter()
-        .map(|path| {
-            let buffered = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
-            // Some filesystems (tmpfs, some network ones) refuse O_DIRECT at
-            // open; read those buffered.
-            let direct = direct
-                .then(|| {
-                    OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_DIRECT)
-                        .open(path)
-                        .ok()
-                })
-                .flatten();
-            Ok(RingFile {
-                path: Arc::clone(path),
-                direct_ok: Cell::new(direct.is_some()),
-                direct: direct.map(tokio_uring::fs::File::from_std),
-                buffered: tokio_uring::fs::File::from_std(buffered),
-            })
+    Ok(aligned::open_files(paths, direct)?
+        .into_iter()
+        .map(|f| RingFile {
+            path: f.path,
+            direct_ok: Cell::new(f.direct.is_some()),
+            direct: f.direct.map(tokio_uring::fs::File::from_std),
+            buffered: tokio_uring::fs::File::from_std(f.buffered),
         })
-        .collect()
+        .collect())
 }
 
 async fn run_job(ring: Rc<Ring>, job: Job, tuning: Tuning) {
@@ -425,7 +349,7 @@ async fn run_job(ring: Rc<Ring>, job: Job, tuning: Tuning) {
         progress,
         reply,
     } = job;
-    let chunks = chunks(&spans, tuning.chunk);
+    let chunks = aligned::chunks(&spans, tuning.chunk);
     // Chunks that completed ahead of an earlier one, by index: their layer
     // bytes are reported once every earlier chunk's are.
     let mut early: BTreeMap<usize, Range<usize>> = BTreeMap::new();
@@ -461,41 +385,6 @@ async fn run_job(ring: Rc<Ring>, job: Job, tuning: Tuning) {
     let _ = reply.send(result);
 }
 
-/// The requests a job's spans are split into, in layer order.
-fn chunks(spans: &[Span], chunk: u64) -> impl Iterator<Item = Chunk> + '_ {
-    spans.iter().flat_map(move |s| {
-        // The layer's own bytes of this span, as buffer offsets.
-        let needed_start = s.buf_offset + (s.needed_start - s.offset) as usize;
-        let needed_end = s.buf_offset + (s.needed_end - s.offset) as usize;
-        (0..s.len).step_by(chunk as usize).map(move |at| {
-            let len = chunk.min(s.len - at);
-            let start = s.buf_offset + at as usize;
-            let end = start + len as usize;
-            let needed = start.max(needed_start)..end.min(needed_end);
-            Chunk {
-                file: s.file,
-                offset: s.offset + at,
-                len,
-                needed_end: s.needed_end,
-                buf_offset: start,
-                // Empty (start == end) when the chunk holds none of them.
-                needed: needed.start.min(needed.end)..needed.end,
-            }
-        })
-    })
-}
-
-#[derive(Clone, Debug)]
-struct Chunk {
-    file: usize,
-    offset: u64,
-    len: u64,
-    needed_end: u64,
-    buf_offset: usize,
-    /// The layer's bytes in this chunk, as buffer offsets (maybe empty).
-    needed: Range<usize>,
-}
-
 /// Reads one chunk, resuming short reads. Reaching end of file is fine only
 /// past `needed_end` (the tail of the last block of a file).
 async fn read_chunk(ring: &Ring, buf: &Arc<AlignedBuf>, chunk: &Chunk, layer: usize) -> Result<()> {
@@ -517,18 +406,10 @@ async fn read_chunk(ring: &Ring, buf: &Arc<AlignedBuf>, chunk: &Chunk, layer: us
             .await
             .expect("the ring's semaphore is never closed");
         let mut len = (chunk.len - done) as usize;
-        let injected = match ring.faults.as_ref().and_then(|f| f.draw(len)) {
-            Some(Fault::Error(errno)) => Some(io::Error::from_raw_os_error(errno)),
-            Some(Fault::Short(n)) => {
-                len = len.min(n);
-                None
-            }
-            Some(Fault::Delay(d)) => {
-                tokio::time::sleep(d).await;
-                None
-            }
-            None => None,
-        };
+        let injected = aligned::inject(ring.faults.as_deref(), &mut len);
+        if let Some(d) = injected.delay {
+            tokio::time::sleep(d).await;
+        }
         let target = ChunkBuf {
             _live: LiveBuffer::new(&ring.live_buffers),
             _owner: Arc::clone(buf),
@@ -539,47 +420,26 @@ async fn read_chunk(ring: &Ring, buf: &Arc<AlignedBuf>, chunk: &Chunk, layer: us
             len,
             init: 0,
         };
-        let res = match injected {
+        let res = match injected.error {
             Some(e) => Err(e),
             None => fd.read_at(target, pos).await.0,
         };
-        match res {
-            Ok(0) if pos >= chunk.needed_end => return Ok(()),
-            Ok(0) => {
-                return Err(Error::Truncated {
-                    path: Arc::clone(&file.path),
-                    layer,
-                    offset: chunk.offset,
-                    expected_end: chunk.needed_end,
-                    end: pos,
-                })
-            }
-            Ok(n) => done += n as u64,
-            Err(e) if is_transient(&e) && transient < TRANSIENT_RETRIES => transient += 1,
-            Err(e) if use_direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::debug!(path = %file.path.display(), "O_DIRECT read refused; reading this file buffered");
-                file.direct_ok.set(false);
-            }
-            Err(e) => {
-                return Err(Error::io(
-                    &file.path,
-                    format!("read layer {layer} at offset {pos}"),
-                    e,
-                ))
-            }
+        match aligned::judge(
+            res,
+            &file.path,
+            layer,
+            chunk,
+            pos,
+            use_direct,
+            &mut transient,
+        )? {
+            Step::Read(n) => done += n as u64,
+            Step::Complete => return Ok(()),
+            Step::Again => {}
+            Step::Buffered => file.direct_ok.set(false),
         }
     }
     Ok(())
-}
-
-/// Errors after which the same request is simply submitted again: an
-/// interrupted or cancelled request (we never cancel our own, so a
-/// cancellation came from outside) or a momentarily busy kernel.
-fn is_transient(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::ECANCELED)
-    )
 }
 
 /// A window of a shared [`AlignedBuf`] that one read request fills.
@@ -637,68 +497,5 @@ unsafe impl tokio_uring::buf::IoBufMut for ChunkBuf {
 
     unsafe fn set_init(&mut self, pos: usize) {
         self.init = self.init.max(pos);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::{Rng, SeedableRng};
-
-    /// The chunks' layer bytes, hashed in chunk order, are the layer's bytes
-    /// in order, whatever the ranges and the chunk size: the streaming
-    /// digest equals the whole-layer `xxh3_64`.
-    #[test]
-    fn chunk_regions_in_order_are_the_layer_bytes_in_order() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for _ in 0..300 {
-            let ranges = rng.random_range(1..5);
-            let mut spans = Vec::new();
-            let mut buf_offset = 0usize;
-            for _ in 0..ranges {
-                let start = rng.random_range(0..40_000u64);
-                let len = rng.random_range(0..30_000u64);
-                let offset = align_down(start, BLOCK);
-                let span_len = align_up(start + len, BLOCK) - offset;
-                spans.push(Span {
-                    file: 0,
-                    offset,
-                    len: span_len,
-                    needed_start: start,
-                    needed_end: start + len,
-                    buf_offset,
-                });
-                buf_offset += span_len as usize;
-            }
-            // Fill the buffer with noise, and the layer's bytes where the
-            // spans put them.
-            let mut buf: Vec<u8> = (0..buf_offset).map(|_| rng.random()).collect();
-            let mut layer = Vec::new();
-            for s in &spans {
-                let at = s.buf_offset + (s.needed_start - s.offset) as usize;
-                let n = (s.needed_end - s.needed_start) as usize;
-                let bytes: Vec<u8> = (0..n).map(|_| rng.random()).collect();
-                buf[at..at + n].copy_from_slice(&bytes);
-                layer.extend_from_slice(&bytes);
-            }
-            let chunk = BLOCK * rng.random_range(1..6);
-            let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-            let mut streamed = Vec::new();
-            let mut end = 0;
-            for c in chunks(&spans, chunk) {
-                assert!(
-                    c.needed.start >= c.buf_offset && c.needed.end <= c.buf_offset + c.len as usize
-                );
-                assert!(
-                    c.needed.is_empty() || c.needed.start >= end,
-                    "regions overlap or go back"
-                );
-                end = end.max(c.needed.end);
-                hasher.update(&buf[c.needed.clone()]);
-                streamed.extend_from_slice(&buf[c.needed]);
-            }
-            assert_eq!(streamed, layer);
-            assert_eq!(hasher.digest(), xxhash_rust::xxh3::xxh3_64(&layer));
-        }
     }
 }

@@ -86,7 +86,8 @@ typedef struct {
                                Default 0. */
     uint64_t lastAccessed;  /* Timestamp of last access: nanoseconds from
                                opening the model to the last fetch of this
-                               layer (monotonic clock); 0 if never fetched. */
+                               layer (coarse monotonic clock, 1-4 ms
+                               resolution); 0 if never fetched. */
     uint64_t accessCount;   /* Number of times this layer has been accessed:
                                hyperionGetLayerWeights calls for it that got
                                past the argument checks, failed ones too. */

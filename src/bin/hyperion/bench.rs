@@ -29,6 +29,8 @@ const MEMCPY_BYTES: usize = 512 << 20;
 const COLD_SUSPICIOUS_MB_S: f64 = 8000.0;
 /// Seed of the random layer order.
 const RANDOM_SEED: u64 = 0x5eed_1a7e;
+/// Slack allowed over the budget for the peak RSS of a streaming load.
+const RSS_SLACK: u64 = 32 * MIB;
 /// Task counts of the concurrency measurement.
 const TASKS: [usize; 4] = [1, 4, 16, 64];
 
@@ -170,6 +172,41 @@ fn mb_s(bytes: u64, d: Duration) -> f64 {
 struct Report {
     measurements: Vec<Measurement>,
     warnings: Vec<String>,
+    rss: Option<RssCheck>,
+}
+
+/// Peak RSS of streaming a model 8× the budget, each load in its own process.
+struct RssCheck {
+    budget: u64,
+    model_bytes: u64,
+    /// `VmHWM` of each run's `hyperion load` process.
+    peak_rss: Vec<u64>,
+}
+
+impl RssCheck {
+    fn worst(&self) -> u64 {
+        self.peak_rss.iter().copied().max().unwrap_or(0)
+    }
+
+    fn limit(&self) -> u64 {
+        self.budget + RSS_SLACK
+    }
+
+    fn met(&self) -> bool {
+        !self.peak_rss.is_empty() && self.worst() <= self.limit()
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "budget": self.budget,
+            "model_bytes": self.model_bytes,
+            "model_over_budget": self.model_bytes as f64 / self.budget as f64,
+            "peak_rss_bytes": self.peak_rss,
+            "worst_peak_rss_bytes": self.worst(),
+            "limit_bytes": self.limit(),
+            "met": self.met(),
+        })
+    }
 }
 
 impl Report {
@@ -232,6 +269,7 @@ fn bench(args: Args) -> anyhow::Result<()> {
     let mut report = Report {
         measurements: Vec::new(),
         warnings: Vec::new(),
+        rss: None,
     };
     measure(&rt, &plan, &path, file_bytes, &mut report)?;
     drop(rt);
@@ -269,6 +307,10 @@ fn bench(args: Args) -> anyhow::Result<()> {
             "targets": {
                 "cold_stream_over_ceiling": 0.9,
                 "warm_over_memcpy": 0.8,
+                "stream_8x_budget_peak_rss_over_budget": RSS_SLACK,
+            },
+            "rss": {
+                "stream_8x_budget": report.rss.as_ref().map(RssCheck::to_json),
             },
             "warnings": report.warnings,
         });
@@ -304,6 +346,20 @@ fn bench(args: Args) -> anyhow::Result<()> {
             "ratio warm stream / memcpy:                    {warm_ratio:.2} (target ≥ 0.80: {})",
             if warm_ratio >= 0.8 { "met" } else { "missed" }
         );
+        if let Some(r) = &report.rss {
+            println!(
+                "peak RSS streaming a {} MiB model through a {} MiB budget ({:.1}×), own process per run: \
+                 {:.1} MiB worst of {} (target ≤ budget + {} MiB = {} MiB: {})",
+                r.model_bytes / MIB,
+                r.budget / MIB,
+                r.model_bytes as f64 / r.budget as f64,
+                r.worst() as f64 / MIB as f64,
+                r.peak_rss.len(),
+                RSS_SLACK / MIB,
+                r.limit() / MIB,
+                if r.met() { "met" } else { "missed" }
+            );
+        }
         for w in &report.warnings {
             println!("warning: {w}");
         }
@@ -383,6 +439,12 @@ fn measure(
             Backend::IoUring,
             false,
             "io_uring, direct_io: false, lookahead = prefetch_threads",
+        ),
+        (
+            "stream_cold_pread",
+            Backend::Pread,
+            true,
+            "pread engine (Auto's fallback), O_DIRECT, lookahead = prefetch_threads",
         ),
         (
             "stream_cold_mmap",
@@ -491,7 +553,62 @@ fn measure(
             .insert("prefetch_used".into(), json!(r.stats.prefetch_used));
     }
     report.push(m);
+
+    // Peak RSS streaming a model 8× the budget: each run is `hyperion load`
+    // in a child process, so its VmHWM is that load's alone.
+    let budget = (plan.model_bytes() / 8).max(2 * plan.spec.layer_size);
+    let mut m = Measurement::new(
+        "stream_8x_budget",
+        format!(
+            "hyperion load --budget {} MiB in its own process, cold, default config; peak RSS per run in the JSON",
+            budget / MIB
+        ),
+    );
+    let mut check = RssCheck {
+        budget,
+        model_bytes: plan.model_bytes(),
+        peak_rss: Vec::new(),
+    };
+    for _ in 0..reps {
+        let r = load_in_child(path, budget)?;
+        let field = |k: &str| {
+            r[k].as_f64()
+                .with_context(|| format!("`hyperion load --json` printed no {k}: {r}"))
+        };
+        let v = field("mb_s")?;
+        report.check_cold(m.name, v);
+        m.runs.push(v);
+        check.peak_rss.push(field("peak_rss_bytes")? as u64);
+    }
+    m.notes += &format!(
+        "; peak RSS MiB {:?}",
+        check.peak_rss.iter().map(|b| b / MIB).collect::<Vec<_>>()
+    );
+    m.extra.insert("budget".into(), json!(budget));
+    m.extra
+        .insert("peak_rss_bytes".into(), json!(check.peak_rss));
+    report.push(m);
+    report.rss = Some(check);
     Ok(())
+}
+
+/// Runs `hyperion load --cold --json --budget BUDGET PATH` as a child
+/// process (this same executable) and returns its JSON report.
+fn load_in_child(path: &Path, budget: u64) -> anyhow::Result<Value> {
+    let exe = std::env::current_exe().context("cannot find the hyperion executable")?;
+    let out = std::process::Command::new(&exe)
+        .args(["load", "--cold", "--json", "--budget"])
+        .arg(budget.to_string())
+        .arg(path)
+        .output()
+        .with_context(|| format!("cannot run {} load", exe.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "hyperion load failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    serde_json::from_slice(&out.stdout).context("hyperion load printed no JSON")
 }
 
 /// What one pass through Hyperion measured.

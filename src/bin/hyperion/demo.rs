@@ -28,7 +28,7 @@ pub struct Args {
     /// Forward passes over the model (as for successive tokens).
     #[arg(long, default_value_t = 2)]
     pub passes: usize,
-    /// I/O backend: auto, io-uring or mmap.
+    /// I/O backend: auto, io-uring, pread or mmap.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
     /// Directory for the model file (default: the system temp dir).
@@ -50,10 +50,16 @@ impl Default for Args {
     }
 }
 
+/// The `--backend` values (also used by `hyperion load`).
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
 pub enum BackendArg {
+    /// io_uring, falling back to pread where io_uring is unavailable.
     Auto,
+    /// io_uring only.
     IoUring,
+    /// Blocking pread on the blocking pool.
+    Pread,
+    /// mmap + madvise (zero-copy; SIGBUS if the file is truncated under it).
     Mmap,
 }
 
@@ -62,6 +68,7 @@ impl From<BackendArg> for Backend {
         match b {
             BackendArg::Auto => Backend::Auto,
             BackendArg::IoUring => Backend::IoUring,
+            BackendArg::Pread => Backend::Pread,
             BackendArg::Mmap => Backend::Mmap,
         }
     }

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod inspect;
+mod load;
 mod simulate;
 mod tools;
 
@@ -78,6 +79,9 @@ enum Command {
     /// Measure the disk, memory and Hyperion's streams on a generated file,
     /// with min / median / max of repeated runs and ratios to the ceilings.
     Bench(bench::Args),
+    /// Load a model file the way a user would (every tensor in memory and
+    /// touched), cold or warm, whole or streaming; report MB/s and peak RSS.
+    Load(load::Args),
 }
 
 fn main() -> ExitCode {
@@ -113,6 +117,7 @@ fn main() -> ExitCode {
         Some(Command::Convert { input, output }) => tools::convert(&input, &output),
         Some(Command::Simulate(args)) => simulate::run(args),
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Load(args)) => load::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
