@@ -27,8 +27,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("mmap") => Backend::Mmap,
         Some(other) => return Err(format!("unknown backend {other}").into()),
     };
-    hyperion::pagecache::drop_cached_pages(path.as_ref())?;
     let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    // WARM=1 keeps the file's pages cached (use with DIRECT=0 for a warm read).
+    if env("WARM") != Some(1) {
+        hyperion::pagecache::drop_cached_pages(path.as_ref())?;
+    }
     let defaults = MmapConfig::default();
     let config = MmapConfig {
         max_cache_size: budget,

@@ -15,7 +15,10 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
     /// io_uring where the kernel allows it, else [`Backend::Pread`] (said once
-    /// through `tracing::warn!`). Never mmap, so never `SIGBUS`.
+    /// through `tracing::warn!`); with `direct_io: false`, always
+    /// [`Backend::Pread`], which copies from the page cache faster and more
+    /// steadily than buffered io_uring (measured: `docs/architecture.md`,
+    /// "Engines"). Never mmap, so never `SIGBUS`.
     #[default]
     Auto,
     /// io_uring through tokio-uring on a dedicated ring thread; fails to open

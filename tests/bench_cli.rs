@@ -62,6 +62,7 @@ fn bench_quick_json_reports_every_figure() {
         "stream_cold_pread",
         "stream_cold_mmap",
         "stream_warm",
+        "stream_warm_io_uring",
         "random_cold",
         "concurrent_1",
         "concurrent_4",

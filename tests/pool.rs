@@ -201,12 +201,24 @@ fn corrupted(layers: usize, size: u64, corrupt: usize, at: &[u64]) -> TestModel 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_streaming_checksum_matches_and_catches_corruption_anywhere() {
+    // Both engines that hash while reading: io_uring (chunks as they land, in
+    // order) and pread (each chunk in cache right after its read), direct and
+    // buffered.
     let size = 1024 * KIB + 4 * KIB + 12; // hashed while read; a ragged last chunk
-    for (chunk, depth) in [(4 * KIB, 4), (64 * KIB, 2), (4 << 20, 2)] {
+    let engines = [
+        (URING, true),
+        (Backend::Pread, true),
+        (Backend::Pread, false),
+    ];
+    for ((chunk, depth), (backend, direct_io)) in [(4 * KIB, 4), (64 * KIB, 2), (4 << 20, 2)]
+        .into_iter()
+        .flat_map(|c| engines.map(|e| (c, e)))
+    {
         let cfg = MmapConfig {
             read_chunk_size: chunk,
             reads_in_flight: depth,
-            ..config(URING, 4 << 20)
+            direct_io,
+            ..config(backend, 4 << 20)
         };
         // Intact: every layer verifies (a digest fed out of order, or missing
         // a chunk, would not).
@@ -222,7 +234,7 @@ async fn the_streaming_checksum_matches_and_catches_corruption_anywhere() {
             let err = model.layer(1).await.unwrap_err();
             assert!(
                 matches!(err, Error::ChecksumMismatch { layer: 1, .. }),
-                "chunk {chunk}, byte {at}: {err}"
+                "{backend:?} direct {direct_io}, chunk {chunk}, byte {at}: {err}"
             );
             assert_eq!(model.memory_usage(), 0);
             m.check(2, &model.layer(2).await.unwrap());
