@@ -1,5 +1,6 @@
 //! The fetch paths: a cache hit against a bare `DashMap` lookup, a miss
-//! (warm page cache) per backend, and a descriptor read.
+//! (default config, so O_DIRECT from the device but for mmap) per backend,
+//! and a descriptor read.
 //!
 //! Run with `cargo bench --bench fetch`.
 
@@ -51,8 +52,8 @@ fn fetch(c: &mut Criterion) {
     group.bench_function("descriptor(i)", |b| b.iter(|| model.descriptor(3).unwrap()));
     group.finish();
 
-    let mut group = c.benchmark_group("miss (64 KiB layer, warm page cache)");
-    for backend in [Backend::IoUring, Backend::Mmap] {
+    let mut group = c.benchmark_group("miss (64 KiB layer, default config: O_DIRECT but for mmap)");
+    for backend in [Backend::IoUring, Backend::Pread, Backend::Mmap] {
         let model = open(backend);
         group.bench_function(backend.name(), |b| {
             b.iter(|| {
