@@ -730,6 +730,21 @@ async fn auto_picks_io_uring_where_the_kernel_allows() {
     assert_eq!(model.backend(), Backend::IoUring);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_reads_through_the_page_cache_with_pread() {
+    let m = TestModel::new(2, 64 * KIB);
+    let model = m
+        .open(MmapConfig {
+            direct_io: false,
+            ..config(Backend::Auto, 1 << 20)
+        })
+        .await;
+    assert_eq!(model.backend(), Backend::Pread);
+    for i in 0..2 {
+        m.check(i, &model.layer(i).await.unwrap());
+    }
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn works_on_a_current_thread_runtime() {
     let m = TestModel::new(3, 64 * KIB);
