@@ -12,7 +12,11 @@ use crate::error::{Error, Result};
 /// the model is open: io_uring and pread turn it into [`Error::Truncated`];
 /// mmap can raise `SIGBUS`, which kills the process (see [`Backend::Mmap`]).
 /// `Auto` never picks mmap.
+///
+/// Non-exhaustive: engines may be added (pread was), so a `match` on it
+/// needs a wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Backend {
     /// io_uring where the kernel allows it, else [`Backend::Pread`] (said once
     /// through `tracing::warn!`); with `direct_io: false`, always
