@@ -24,6 +24,7 @@ use crate::index::ModelIndex;
 use crate::io::ReadBackend;
 use crate::policy::PolicyKind;
 use crate::stats::{Counters, Stats};
+use crate::verify::Verify;
 use crate::weights::LayerWeights;
 
 /// The priority every layer starts with, and returns to on
@@ -907,14 +908,14 @@ impl Load {
         let busy = s.counters.read_started();
         // Checksums are checked as part of the read, so that an engine can
         // hash each chunk while it reads the next.
-        let bytes = match (s.config.verify_checksums, spec.checksum) {
-            (true, Some(expected)) => {
-                backend
-                    .read_verified(layer, spec, charge, expected, &s.path)
-                    .await
-            }
-            _ => backend.read(layer, spec, charge).await,
-        };
+        let verify = spec
+            .checksum
+            .filter(|_| s.config.verify_checksums)
+            .map(|expected| Verify {
+                expected,
+                path: Arc::clone(&s.path),
+            });
+        let bytes = backend.read(layer, spec, charge, verify).await;
         drop(busy);
         if matches!(bytes, Ok(_) | Err(Error::ChecksumMismatch { .. })) {
             s.counters

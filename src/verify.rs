@@ -11,9 +11,35 @@ use crate::weights::LayerBytes;
 /// while it reads them).
 pub(crate) const BLOCKING_THRESHOLD: usize = 256 << 10;
 
+/// A read's checksum check: the xxh3-64 the file records for the layer,
+/// and the path to name in a mismatch.
+#[derive(Clone, Debug)]
+pub(crate) struct Verify {
+    pub(crate) expected: u64,
+    pub(crate) path: Arc<Path>,
+}
+
+impl Verify {
+    /// `bytes` if `actual`, their xxh3-64, is the expected one; else
+    /// [`Error::ChecksumMismatch`] (and the bytes are dropped).
+    pub(crate) fn compare(
+        &self,
+        layer: usize,
+        bytes: LayerBytes,
+        actual: u64,
+    ) -> Result<LayerBytes> {
+        compare(&self.path, layer, bytes, self.expected, actual)
+    }
+
+    /// Hashes `bytes` (on a blocking thread when large) and compares.
+    pub(crate) async fn check(&self, layer: usize, bytes: LayerBytes) -> Result<LayerBytes> {
+        check_layer(&self.path, layer, bytes, self.expected).await
+    }
+}
+
 /// Returns `bytes` if their xxh3-64 equals `expected`, else a
 /// [`Error::ChecksumMismatch`] (and the bytes are dropped).
-pub(crate) async fn check_layer(
+async fn check_layer(
     path: &Arc<Path>,
     layer: usize,
     bytes: LayerBytes,
@@ -38,7 +64,7 @@ pub(crate) async fn check_layer(
 
 /// Returns `bytes` if `actual`, their xxh3-64, equals `expected`, else a
 /// [`Error::ChecksumMismatch`] (and the bytes are dropped).
-pub(crate) fn compare(
+fn compare(
     path: &Arc<Path>,
     layer: usize,
     bytes: LayerBytes,

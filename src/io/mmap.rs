@@ -26,6 +26,7 @@ use crate::config::Backend;
 use crate::error::{Error, Result};
 use crate::faults::{Fault, FaultPlan};
 use crate::index::{align_down, align_up, LayerSpec, BLOCK};
+use crate::verify::Verify;
 use crate::weights::{LayerBytes, Storage};
 
 #[derive(Clone)]
@@ -162,20 +163,27 @@ impl super::ReadBackend for MmapBackend {
         Backend::Mmap
     }
 
+    /// With `verify`, the layer is hashed after it is paged in.
     fn read(
         &self,
         layer: usize,
         spec: &LayerSpec,
         charge: Charge,
+        verify: Option<Verify>,
     ) -> BoxFuture<'static, Result<LayerBytes>> {
         let this = self.clone();
         let spec = spec.clone();
         let path = Arc::clone(&self.files[spec.ranges[0].file]);
         async move {
             // Page faults block: keep them off the async workers.
-            tokio::task::spawn_blocking(move || this.read_blocking(layer, &spec, charge))
-                .await
-                .map_err(|_| Error::Aborted { path, layer })?
+            let bytes =
+                tokio::task::spawn_blocking(move || this.read_blocking(layer, &spec, charge))
+                    .await
+                    .map_err(|_| Error::Aborted { path, layer })??;
+            match verify {
+                Some(v) => v.check(layer, bytes).await,
+                None => Ok(bytes),
+            }
         }
         .boxed()
     }

@@ -25,6 +25,7 @@ use crate::config::{Backend, MmapConfig};
 use crate::error::{Error, Result};
 use crate::faults::FaultPlan;
 use crate::index::LayerSpec;
+use crate::verify::Verify;
 use crate::weights::LayerBytes;
 
 /// A read engine. Implementations must return either the layer's exact
@@ -33,7 +34,10 @@ pub(crate) trait ReadBackend: Send + Sync + 'static {
     /// Which engine this is (never `Auto`).
     fn kind(&self) -> Backend;
 
-    /// Reads the bytes of `spec` (layer `layer`) into memory paid for by `charge`.
+    /// Reads the bytes of `spec` (layer `layer`) into memory paid for by
+    /// `charge`; with `verify`, checks them against the layer's xxh3-64 (a
+    /// mismatch is [`Error::ChecksumMismatch`] and no bytes). Engines that
+    /// can hash while they read do (io_uring, pread); the others hash after.
     ///
     /// The charge may come with an idle pooled buffer (see `buffer.rs`): an
     /// engine that reads into a buffer gets it with `AlignedBuf::charged`
@@ -44,27 +48,8 @@ pub(crate) trait ReadBackend: Send + Sync + 'static {
         layer: usize,
         spec: &LayerSpec,
         charge: Charge,
+        verify: Option<Verify>,
     ) -> BoxFuture<'static, Result<LayerBytes>>;
-
-    /// [`read`](Self::read), checking the bytes against the xxh3-64
-    /// checksum `expected`: a mismatch is [`Error::ChecksumMismatch`] naming
-    /// `path`, and no bytes. The default hashes after the read (off the async
-    /// workers for large layers); an engine may hash while it reads.
-    fn read_verified(
-        &self,
-        layer: usize,
-        spec: &LayerSpec,
-        charge: Charge,
-        expected: u64,
-        path: &Arc<Path>,
-    ) -> BoxFuture<'static, Result<LayerBytes>> {
-        let read = self.read(layer, spec, charge);
-        let path = Arc::clone(path);
-        Box::pin(async move {
-            let bytes = read.await?;
-            crate::verify::check_layer(&path, layer, bytes, expected).await
-        })
-    }
 }
 
 /// Opens the engine `config.backend` asks for over `files`, with the test

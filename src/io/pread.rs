@@ -38,6 +38,7 @@ use crate::config::{Backend, MmapConfig};
 use crate::error::{Error, Result};
 use crate::faults::FaultPlan;
 use crate::index::{LayerSpec, BLOCK};
+use crate::verify::Verify;
 use crate::weights::LayerBytes;
 
 pub(crate) struct PreadBackend {
@@ -93,37 +94,14 @@ impl super::ReadBackend for PreadBackend {
         Backend::Pread
     }
 
+    /// With `verify`, each chunk is hashed right after it lands, while its
+    /// bytes are still in the CPU's cache (see [`Inner::read_layer`]).
     fn read(
         &self,
         layer: usize,
         spec: &LayerSpec,
         charge: Charge,
-    ) -> BoxFuture<'static, Result<LayerBytes>> {
-        self.read_layer(layer, spec, charge, None)
-    }
-
-    fn read_verified(
-        &self,
-        layer: usize,
-        spec: &LayerSpec,
-        charge: Charge,
-        expected: u64,
-        path: &Arc<Path>,
-    ) -> BoxFuture<'static, Result<LayerBytes>> {
-        self.read_layer(layer, spec, charge, Some((expected, Arc::clone(path))))
-    }
-}
-
-impl PreadBackend {
-    /// Reads layer `layer`; with `verify` (the expected xxh3-64 and the path
-    /// to name in a mismatch), hashes each chunk right after it lands, while
-    /// its bytes are still in the CPU's cache (see [`Inner::read_layer`]).
-    fn read_layer(
-        &self,
-        layer: usize,
-        spec: &LayerSpec,
-        charge: Charge,
-        verify: Option<(u64, Arc<Path>)>,
+        verify: Option<Verify>,
     ) -> BoxFuture<'static, Result<LayerBytes>> {
         let inner = Arc::clone(&self.inner);
         let path = Arc::clone(&inner.files[spec.ranges[0].file].path);
@@ -147,9 +125,7 @@ impl PreadBackend {
             let (buf, spans, digest) = task.await.map_err(|_| Error::Aborted { path, layer })??;
             let bytes = aligned::into_layer(buf, &ranges, &spans, size);
             match (verify, digest) {
-                (Some((expected, path)), Some(actual)) => {
-                    crate::verify::compare(&path, layer, bytes, expected, actual)
-                }
+                (Some(v), Some(actual)) => v.compare(layer, bytes, actual),
                 _ => Ok(bytes),
             }
         }

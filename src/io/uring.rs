@@ -58,6 +58,7 @@ use crate::config::{Backend, MmapConfig};
 use crate::error::{Error, Result};
 use crate::faults::FaultPlan;
 use crate::index::{LayerSpec, BLOCK};
+use crate::verify::Verify;
 use crate::weights::LayerBytes;
 
 /// Submission queue entries of the ring: far more than the requests we keep
@@ -149,37 +150,14 @@ impl super::ReadBackend for UringBackend {
         Backend::IoUring
     }
 
+    /// With `verify`, large layers read with `direct_io` are hashed while
+    /// they are read (see the module docs); others after.
     fn read(
         &self,
         layer: usize,
         spec: &LayerSpec,
         charge: Charge,
-    ) -> BoxFuture<'static, Result<LayerBytes>> {
-        self.read_layer(layer, spec, charge, None)
-    }
-
-    fn read_verified(
-        &self,
-        layer: usize,
-        spec: &LayerSpec,
-        charge: Charge,
-        expected: u64,
-        path: &Arc<Path>,
-    ) -> BoxFuture<'static, Result<LayerBytes>> {
-        self.read_layer(layer, spec, charge, Some((expected, Arc::clone(path))))
-    }
-}
-
-impl UringBackend {
-    /// Reads layer `layer`; with `verify` (the expected xxh3-64 and the path
-    /// to name in a mismatch), checks it, hashing large layers while they
-    /// are read.
-    fn read_layer(
-        &self,
-        layer: usize,
-        spec: &LayerSpec,
-        charge: Charge,
-        verify: Option<(u64, Arc<Path>)>,
+        verify: Option<Verify>,
     ) -> BoxFuture<'static, Result<LayerBytes>> {
         let path = Arc::clone(&self.files[spec.ranges[0].file]);
         let (spans, buf_len) = aligned::spans(spec);
@@ -228,12 +206,8 @@ impl UringBackend {
             let bytes = aligned::into_layer(buf, &ranges, &spans, size);
             match (verify, digest) {
                 (None, _) => Ok(bytes),
-                (Some((expected, path)), Some(actual)) => {
-                    crate::verify::compare(&path, layer, bytes, expected, actual)
-                }
-                (Some((expected, path)), None) => {
-                    crate::verify::check_layer(&path, layer, bytes, expected).await
-                }
+                (Some(v), Some(actual)) => v.compare(layer, bytes, actual),
+                (Some(v), None) => v.check(layer, bytes).await,
             }
         }
         .boxed()
