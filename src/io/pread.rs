@@ -164,22 +164,18 @@ impl Inner {
             windows.push((chunk, window));
             rest = tail;
         }
-        if hash {
-            let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let threads = self.tuning.depth.min(windows.len());
+        if hash || threads <= 1 {
+            let mut hasher = hash.then(xxhash_rust::xxh3::Xxh3::new);
             for (chunk, window) in windows {
                 self.read_chunk(layer, &chunk, window)?;
-                // `needed` lies inside the chunk, in buffer offsets.
-                let at = chunk.buf_offset;
-                hasher.update(&window[chunk.needed.start - at..chunk.needed.end - at]);
+                if let Some(hasher) = &mut hasher {
+                    // `needed` lies inside the chunk, in buffer offsets.
+                    let at = chunk.buf_offset;
+                    hasher.update(&window[chunk.needed.start - at..chunk.needed.end - at]);
+                }
             }
-            return Ok(Some(hasher.digest()));
-        }
-        let threads = self.tuning.depth.min(windows.len());
-        if threads <= 1 {
-            return windows
-                .into_iter()
-                .try_for_each(|(chunk, window)| self.read_chunk(layer, &chunk, window))
-                .map(|()| None);
+            return Ok(hasher.map(|h| h.digest()));
         }
         let queue = Mutex::new(windows.into_iter());
         let failed = AtomicBool::new(false);
