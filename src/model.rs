@@ -339,6 +339,7 @@ impl MappedModel {
                 Counters::bump(&self.shared.counters.misses);
                 FetchState::Pending(Arc::clone(&self.shared).fetch_miss(layer).boxed())
             }
+            // Rare: boxed, so that the common states stay small to move.
             Err(e) => FetchState::Pending(future::ready(Err(e)).boxed()),
         };
         LayerFetch { state }
@@ -530,6 +531,8 @@ enum FetchState {
     Hit(Option<LayerWeights>),
     /// A miss (or a bad argument): the rest of the fetch.
     Pending(BoxFuture<'static, Result<LayerWeights>>),
+    /// The rest of the fetch has returned its result.
+    Done,
 }
 
 impl LayerFetch {
@@ -545,15 +548,32 @@ impl Future for LayerFetch {
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.get_mut().state {
-            // A second poll after completion is a caller's bug: say so
-            // rather than panic.
-            FetchState::Hit(weights) => Poll::Ready(weights.take().ok_or_else(|| {
-                Error::InvalidArgument("LayerFetch polled after it completed".into())
-            })),
-            FetchState::Pending(rest) => rest.as_mut().poll(cx),
+        let state = &mut self.get_mut().state;
+        match state {
+            FetchState::Hit(weights) => Poll::Ready(weights.take().ok_or_else(polled_again)),
+            // Out of line, so that the hit path stays a few instructions.
+            FetchState::Pending(_) | FetchState::Done => poll_rest(state, cx),
         }
     }
+}
+
+/// Polls a fetch that missed, or one that has completed.
+#[inline(never)]
+fn poll_rest(state: &mut FetchState, cx: &mut Context<'_>) -> Poll<Result<LayerWeights>> {
+    let FetchState::Pending(rest) = state else {
+        return Poll::Ready(Err(polled_again()));
+    };
+    let poll = rest.as_mut().poll(cx);
+    if poll.is_ready() {
+        *state = FetchState::Done;
+    }
+    poll
+}
+
+/// Polling a completed fetch again is a caller's bug, hit or miss alike: it
+/// is reported as this error rather than a panic.
+fn polled_again() -> Error {
+    Error::InvalidArgument("LayerFetch polled after it completed".into())
 }
 
 impl fmt::Debug for LayerFetch {

@@ -76,6 +76,15 @@ async fn waiters_are_woken_when_the_read_lands(backend: Backend) {
     .await;
     let a = assert_ready_ok!(first.poll());
     let b = assert_ready_ok!(second.poll());
+    // A miss polled again after completion is an error too, not a panic.
+    let again = first.poll();
+    assert!(
+        matches!(
+            again,
+            std::task::Poll::Ready(Err(hyperion::Error::InvalidArgument(_)))
+        ),
+        "{again:?}"
+    );
     assert!(LayerWeights::ptr_eq(&a, &b));
     m.check(1, &a);
     assert_eq!(model.stats().reads, 1);
