@@ -1,5 +1,6 @@
 //! The `hyperion` command line: synth, inspect, and clean failures.
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn hyperion() -> Command {
@@ -21,19 +22,21 @@ fn succeed(cmd: &mut Command) -> Output {
 fn synth_then_inspect_json_describes_the_model() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.tmai");
-    succeed(
-        hyperion()
-            .args([
-                "synth",
-                "--layers",
-                "3",
-                "--layer-size",
-                "8192",
-                "--precision",
-                "16",
-            ])
-            .arg(&path),
-    );
+    let synth = |to: &Path| {
+        let mut cmd = hyperion();
+        cmd.args([
+            "synth",
+            "--layers",
+            "3",
+            "--layer-size",
+            "8192",
+            "--precision",
+            "16",
+        ])
+        .arg(to);
+        cmd
+    };
+    succeed(&mut synth(&path));
 
     let out = succeed(hyperion().args(["inspect", "--json"]).arg(&path));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -50,19 +53,7 @@ fn synth_then_inspect_json_describes_the_model() {
 
     // The same model regenerated from the same seed is byte-identical.
     let again = dir.path().join("again.tmai");
-    let status = hyperion()
-        .args([
-            "synth",
-            "--layers",
-            "3",
-            "--layer-size",
-            "8192",
-            "--precision",
-            "16",
-        ])
-        .arg(&again)
-        .status()
-        .unwrap();
+    let status = synth(&again).status().unwrap();
     assert!(status.success());
     assert_eq!(
         std::fs::read(&path).unwrap(),
