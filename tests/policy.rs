@@ -302,6 +302,22 @@ fn cyclic_64_layers_16_slots_adaptive_reaches_nine_tenths_of_belady_and_lru_hits
     }
 }
 
+/// Accesses `l` as a cache with room for `capacity` layers does: on a miss,
+/// evicts the policy's victims (nothing held, equal priorities) until there
+/// is room, then inserts `l`. Returns whether the access hit.
+fn access(policy: &mut Policy, l: usize, capacity: usize) -> bool {
+    policy.on_access(l);
+    if policy.is_resident(l) {
+        return true;
+    }
+    while policy.resident_count() >= capacity {
+        let v = policy.victim(|_| true, |_| 0.0).unwrap();
+        policy.on_remove(v);
+    }
+    policy.on_insert(l);
+    false
+}
+
 #[test]
 fn cyclic_passes_keep_a_stable_protected_set() {
     let (layers, capacity) = (64, 16);
@@ -311,16 +327,7 @@ fn cyclic_passes_keep_a_stable_protected_set() {
     for _ in 0..10 {
         let mut hits = 0;
         for l in 0..layers {
-            policy.on_access(l);
-            if policy.is_resident(l) {
-                hits += 1;
-                continue;
-            }
-            while policy.resident_count() >= capacity {
-                let v = policy.victim(|_| true, |_| 0.0).unwrap();
-                policy.on_remove(v);
-            }
-            policy.on_insert(l);
+            hits += access(&mut policy, l, capacity) as usize;
         }
         hits_per_pass.push(hits);
         let protected: Vec<usize> = (0..layers).filter(|&l| policy.is_protected(l)).collect();
@@ -408,14 +415,7 @@ fn on_recency_friendly_traces_the_adaptive_policy_follows_lru() {
     let trace = traces::mixed(layers, 20_000, 1);
     let mut followed_lru = 0;
     for &l in &trace {
-        policy.on_access(l);
-        if !policy.is_resident(l) {
-            while policy.resident_count() >= 16 {
-                let v = policy.victim(|_| true, |_| 0.0).unwrap();
-                policy.on_remove(v);
-            }
-            policy.on_insert(l);
-        }
+        access(&mut policy, l, 16);
         followed_lru += policy.follows_lru() as usize;
     }
     assert!(
@@ -433,14 +433,7 @@ fn user_priorities_win_over_what_the_policy_learned() {
         // Warm up on a loop so that the adaptive policy protects 0, 1, 2.
         for _ in 0..5 {
             for l in 0..layers {
-                policy.on_access(l);
-                if !policy.is_resident(l) {
-                    while policy.resident_count() >= capacity {
-                        let v = policy.victim(|_| true, |_| 0.0).unwrap();
-                        policy.on_remove(v);
-                    }
-                    policy.on_insert(l);
-                }
+                access(&mut policy, l, capacity);
             }
         }
         let resident: Vec<usize> = (0..layers).filter(|&l| policy.is_resident(l)).collect();
@@ -478,14 +471,7 @@ fn the_adaptive_policy_prefers_unprotected_layers_and_falls_back_when_they_are_h
     let mut policy = Policy::new(PolicyKind::Adaptive, layers);
     for _ in 0..5 {
         for l in 0..layers {
-            policy.on_access(l);
-            if !policy.is_resident(l) {
-                while policy.resident_count() >= capacity {
-                    let v = policy.victim(|_| true, |_| 0.0).unwrap();
-                    policy.on_remove(v);
-                }
-                policy.on_insert(l);
-            }
+            access(&mut policy, l, capacity);
         }
     }
     let unprotected: Vec<usize> = (0..layers)
