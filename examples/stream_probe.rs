@@ -15,6 +15,9 @@
 //!   huge-page buffer, cold;
 //! - `cold` / `cold_noverify`: the default config through `stream_layers`
 //!   (lookahead `prefetch_threads`), checksums on / off;
+//! - `cold_pooled` / `cold_pooled_noverify`: the same on one open model
+//!   whose buffer pool an untimed pass filled (every layer released and the
+//!   page cache dropped before each pass): no fresh memory;
 //! - `warm` / `warm_noverify`: the same with `direct_io: false` and the file in
 //!   the page cache;
 //! - `copy_warm_buf`: `pread` of the page-cached file, one layer per call, into
@@ -83,6 +86,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "copy_fresh",
         "xxh3",
         "memcpy",
+        "cold_pooled",
+        "cold_pooled_noverify",
     ];
     let mut runs: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut ceiling_buf = AlignedBuf::new(4 * MIB as usize)?;
@@ -99,6 +104,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<std::io::Result<_>>()?;
     let src = vec![0x5au8; 512 * MIB as usize];
     let mut dst = vec![0u8; 512 * MIB as usize];
+    // One open model per checksum setting, its pool filled by an untimed pass.
+    let pooled: Vec<MappedModel> = [true, false]
+        .into_iter()
+        .map(|verify| {
+            rt.block_on(async {
+                let model = MappedModel::open(&path, config(true, verify)).await?;
+                stream_on(&model, layers).await?;
+                Ok::<_, hyperion::Error>(model)
+            })
+        })
+        .collect::<Result<_, _>>()?;
     for rep in 0..reps {
         eprintln!("repetition {}/{reps}", rep + 1);
         hyperion::pagecache::drop_cached_pages(&path)?;
@@ -107,6 +123,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             hyperion::pagecache::drop_cached_pages(&path)?;
             let v = rt.block_on(stream(&path, config(true, verify), layers))?;
             runs[k].push(v);
+        }
+        for (k, model) in [(10, &pooled[0]), (11, &pooled[1])] {
+            for i in 0..layers {
+                model.release(i)?;
+            }
+            hyperion::pagecache::drop_cached_pages(&path)?;
+            runs[k].push(rt.block_on(stream_on(model, layers))?);
+        }
+        // `COLD_ONLY=1`: only the cold figures, for more repetitions.
+        if std::env::var_os("COLD_ONLY").is_some() {
+            continue;
         }
         // Warm the page cache with one untimed pass (as `hyperion bench`
         // does), then the warm figures.
@@ -155,6 +182,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{layers} x {layer_mib} MiB, budget {budget_mib} MiB, {reps} repetitions (MB/s: min / median / max)"
     );
     for (name, mut r) in names.iter().zip(runs) {
+        if r.is_empty() {
+            continue;
+        }
         r.sort_by(f64::total_cmp);
         println!(
             "{name:16} {:>8.0} {:>8.0} {:>8.0}   all: {:?}",
@@ -165,6 +195,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
+}
+
+/// MB/s of one pass over every layer of an open model.
+async fn stream_on(model: &MappedModel, layers: usize) -> hyperion::Result<f64> {
+    let lookahead = model.config().prefetch_threads;
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    let mut s = model.stream_layers(0..layers, Some(lookahead));
+    while let Some(w) = s.next().await {
+        bytes += w?.len() as u64;
+    }
+    Ok(bytes as f64 / 1e6 / start.elapsed().as_secs_f64())
 }
 
 async fn stream(path: &Path, config: MmapConfig, layers: usize) -> hyperion::Result<f64> {

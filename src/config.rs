@@ -121,7 +121,9 @@ pub struct MmapConfig {
     pub backend: Backend,
     /// Read with `O_DIRECT` (io_uring and pread): reads bypass the page cache,
     /// so a layer is held once (in our buffer), not twice. Falls back to
-    /// buffered reads where the filesystem refuses it.
+    /// buffered reads where the filesystem refuses it. Chunks whose pages
+    /// are in the page cache already are copied from it instead of read from
+    /// the disk again ([`Stats::page_cache_bytes`](crate::Stats::page_cache_bytes)).
     ///
     /// Default: true — the fastest path measured here, and no double caching.
     pub direct_io: bool,

@@ -214,7 +214,14 @@ impl MappedModel {
                     path: Arc::clone(&shared_path),
                     layer: 0,
                 })??;
-            let backend = crate::io::open_backend(&index.files, &config, faults).await?;
+            let counters = Counters::default();
+            let backend = crate::io::open_backend(
+                &index.files,
+                &config,
+                faults,
+                Arc::clone(&counters.page_cache_bytes),
+            )
+            .await?;
             let backend_kind = backend.kind();
             let span = tracing::Span::current();
             span.record("layers", index.layers.len());
@@ -240,7 +247,7 @@ impl MappedModel {
                     metas,
                     budget: Budget::new(config.max_cache_size),
                     prefetch_slots: Arc::new(Semaphore::new(config.prefetch_threads.max(1))),
-                    counters: Counters::default(),
+                    counters,
                     closed: AtomicBool::new(false),
                     prefetching: AtomicBool::new(false),
                     opened_at: coarse_nanos(),

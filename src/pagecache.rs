@@ -22,3 +22,146 @@ pub fn drop_cached_pages(path: &Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Tells which parts of a file are in the page cache, so that a direct-I/O
+/// reader can copy those from memory instead of reading them from the disk
+/// again (an `O_DIRECT` read ignores cached pages and always goes to the
+/// device).
+///
+/// It holds a read-only shared mapping of the file that is **never
+/// dereferenced**: it only gives `mincore(2)` an address range. Nothing is
+/// faulted in, so the mapping pins no pages, costs only address space, and
+/// cannot raise `SIGBUS` even if the file is truncated (`mincore` reports
+/// pages past the end as not cached).
+pub(crate) struct Residency {
+    map: std::ptr::NonNull<libc::c_void>,
+    len: usize,
+}
+
+// SAFETY: the mapping is only ever passed to `mincore` and `munmap`, which
+// are thread-safe; no memory is accessed through it.
+unsafe impl Send for Residency {}
+// SAFETY: as above.
+unsafe impl Sync for Residency {}
+
+/// Pages sampled per range by [`Residency::cached`].
+const SAMPLES: usize = 3;
+const PAGE: u64 = 4096;
+
+impl Residency {
+    /// Maps `file` (its current length) for residency checks; `None` if it
+    /// is empty or cannot be mapped (then every check says "not cached").
+    pub(crate) fn new(file: &File) -> Option<Self> {
+        let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+        if len == 0 {
+            return None;
+        }
+        // SAFETY: a read-only shared mapping of an open file with no address
+        // hint; the result is checked against MAP_FAILED. It is never
+        // dereferenced (see the type's docs) and unmapped in `drop`.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return None;
+        }
+        Some(Residency {
+            map: std::ptr::NonNull::new(map)?,
+            len,
+        })
+    }
+
+    /// Whether the `len` bytes at `offset` look cached: their first, middle
+    /// and last pages are. A sample, not a census (a full `mincore` of a
+    /// 4 MiB range costs a page-cache lookup per 4 KiB page); a wrong "yes"
+    /// only means a buffered read fetches the missing pages from the disk,
+    /// and a wrong "no" a direct read of cached bytes: either way the bytes
+    /// are the same.
+    pub(crate) fn cached(&self, offset: u64, len: u64) -> bool {
+        let Some(end) = offset.checked_add(len) else {
+            return false;
+        };
+        if len == 0 || end > self.len as u64 {
+            return false;
+        }
+        let first = offset / PAGE;
+        let last = (end - 1) / PAGE;
+        let pages = [first, first + (last - first) / 2, last];
+        pages.iter().take(SAMPLES).all(|&page| {
+            let mut vec = 0u8;
+            // SAFETY: `page * PAGE` lies inside the mapping (`end <= len`),
+            // so the one-page range is part of our live mapping; `vec` holds
+            // the one byte `mincore` writes for it. Nothing is dereferenced.
+            let rc = unsafe {
+                libc::mincore(
+                    self.map
+                        .as_ptr()
+                        .cast::<u8>()
+                        .add((page * PAGE) as usize)
+                        .cast(),
+                    1,
+                    &mut vec,
+                )
+            };
+            rc == 0 && vec & 1 == 1
+        })
+    }
+}
+
+impl Drop for Residency {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `new`, unmapped once.
+        unsafe {
+            libc::munmap(self.map.as_ptr(), self.len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn residency_follows_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut f = File::create(&path).unwrap();
+        f.write_all(&vec![7u8; 1 << 20]).unwrap();
+        drop(f);
+        drop_cached_pages(&path).unwrap();
+        let file = File::open(&path).unwrap();
+        let r = Residency::new(&file).unwrap();
+        // tmpfs and some filesystems keep every page: only check "cold" where
+        // dropping worked.
+        let dropped = !r.cached(0, 4096);
+        std::fs::read(&path).unwrap();
+        assert!(r.cached(0, 1 << 20), "a file just read is cached");
+        assert!(r.cached(4096, 8192));
+        assert!(!r.cached(0, (1 << 20) + 1), "past the end is never cached");
+        assert!(!r.cached(u64::MAX - 1, 2), "overflow is not cached");
+        assert!(!r.cached(0, 0));
+        if dropped {
+            drop_cached_pages(&path).unwrap();
+            assert!(!r.cached(0, 1 << 20));
+        }
+        // Truncating the file under the mapping is harmless.
+        std::fs::File::create(&path).unwrap();
+        assert!(!r.cached(0, 4096));
+    }
+
+    #[test]
+    fn empty_files_have_no_residency() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty");
+        File::create(&path).unwrap();
+        assert!(Residency::new(&File::open(&path).unwrap()).is_none());
+    }
+}

@@ -21,6 +21,11 @@ pub struct Stats {
     pub reads: u64,
     /// Bytes of layers read from disk.
     pub bytes_read: u64,
+    /// Of the bytes read with `direct_io`, those copied from the OS page
+    /// cache instead, because they were cached already (an `O_DIRECT` read
+    /// would have fetched them from the disk again): `docs/architecture.md`,
+    /// "Cached pages and direct I/O".
+    pub page_cache_bytes: u64,
     /// Nanoseconds spent in backend reads, summed over reads (reads that
     /// overlap each other count twice).
     pub read_nanos: u64,
@@ -76,6 +81,8 @@ pub(crate) struct Counters {
     pub(crate) coalesced: AtomicU64,
     pub(crate) reads: AtomicU64,
     pub(crate) bytes_read: AtomicU64,
+    /// Shared with the read engine, which counts into it.
+    pub(crate) page_cache_bytes: std::sync::Arc<AtomicU64>,
     pub(crate) read_nanos: AtomicU64,
     pub(crate) evictions: AtomicU64,
     pub(crate) prefetch_issued: AtomicU64,
@@ -128,6 +135,7 @@ impl Counters {
             coalesced: self.coalesced.load(Relaxed),
             reads: self.reads.load(Relaxed),
             bytes_read: self.bytes_read.load(Relaxed),
+            page_cache_bytes: self.page_cache_bytes.load(Relaxed),
             read_nanos: self.read_nanos.load(Relaxed),
             read_busy_nanos: self.busy_nanos(),
             evictions: self.evictions.load(Relaxed),

@@ -745,6 +745,52 @@ async fn auto_reads_through_the_page_cache_with_pread() {
     }
 }
 
+/// With `direct_io`, a chunk whose pages are in the page cache is copied from
+/// there instead of read from the disk again (`O_DIRECT` would ignore the
+/// cache); the bytes are the same either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_reads_copy_cached_chunks_from_the_page_cache() {
+    use std::os::unix::fs::OpenOptionsExt;
+    for backend in [Backend::IoUring, Backend::Pread, Backend::Auto] {
+        let layer = 1 << 20;
+        let m = TestModel::new(4, layer);
+        // Filesystems without O_DIRECT (tmpfs) read everything buffered.
+        let direct = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&m.path)
+            .is_ok();
+        let model = m.open(config(backend, 16 << 20)).await;
+        for i in 0..2 {
+            m.check(i, &model.layer(i).await.unwrap());
+        }
+        assert_eq!(
+            model.stats().page_cache_bytes,
+            0,
+            "{backend:?}: cold layers come from the disk"
+        );
+        // Now the whole file is cached.
+        std::fs::read(&m.path).unwrap();
+        for i in 2..4 {
+            m.check(i, &model.layer(i).await.unwrap());
+        }
+        let cached = model.stats().page_cache_bytes;
+        if direct {
+            // The chunks cover each layer's block-aligned span.
+            assert!(
+                (2 * layer..2 * layer + 4 * 4096).contains(&cached),
+                "{backend:?}: {cached} bytes from the page cache"
+            );
+        } else {
+            assert_eq!(cached, 0);
+        }
+        // Released and read again: from the cache, the same bytes.
+        model.release(0).unwrap();
+        m.check(0, &model.layer(0).await.unwrap());
+        model.close();
+    }
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn works_on_a_current_thread_runtime() {
     let m = TestModel::new(3, 64 * KIB);

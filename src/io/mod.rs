@@ -16,6 +16,7 @@ pub(crate) mod pread;
 pub(crate) mod uring;
 
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -53,7 +54,9 @@ pub(crate) trait ReadBackend: Send + Sync + 'static {
 }
 
 /// Opens the engine `config.backend` asks for over `files`, with the test
-/// fault plan `faults` (always `None` outside tests).
+/// fault plan `faults` (always `None` outside tests). Engines that read with
+/// `O_DIRECT` count into `page_cache_bytes` the bytes they copied from the
+/// page cache instead (see [`aligned::OpenFile::residency`]).
 ///
 /// `Auto` is io_uring, or pread where the ring cannot be created; never mmap,
 /// so that a file truncated under an open model cannot raise `SIGBUS`.
@@ -61,23 +64,25 @@ pub(crate) async fn open_backend(
     files: &[Arc<Path>],
     config: &MmapConfig,
     faults: Option<Arc<FaultPlan>>,
+    page_cache_bytes: Arc<AtomicU64>,
 ) -> Result<Arc<dyn ReadBackend>> {
-    let uring = || uring::UringBackend::open(files, config, faults.clone());
+    let uring =
+        || uring::UringBackend::open(files, config, faults.clone(), Arc::clone(&page_cache_bytes));
+    let pread =
+        |faults| pread::PreadBackend::open(files, config, faults, Arc::clone(&page_cache_bytes));
     match config.backend {
         Backend::Mmap => Ok(Arc::new(mmap::MmapBackend::open(files, faults.clone())?)),
-        Backend::Pread => Ok(Arc::new(pread::PreadBackend::open(files, config, faults)?)),
+        Backend::Pread => Ok(Arc::new(pread(faults)?)),
         Backend::IoUring => Ok(Arc::new(uring().await?)),
         // Buffered reads copy from the page cache, where blocking pread was
         // steadier and faster than buffered io_uring (warm 13.6–15.4 GB/s
         // against 1.6–15.7; cold the same): docs/architecture.md, "Engines".
-        Backend::Auto if !config.direct_io => {
-            Ok(Arc::new(pread::PreadBackend::open(files, config, faults)?))
-        }
+        Backend::Auto if !config.direct_io => Ok(Arc::new(pread(faults)?)),
         Backend::Auto => match uring().await {
             Ok(b) => Ok(Arc::new(b)),
             Err(e @ Error::BackendUnavailable { .. }) => {
                 warn_fallback_once(&e);
-                Ok(Arc::new(pread::PreadBackend::open(files, config, faults)?))
+                Ok(Arc::new(pread(faults)?))
             }
             Err(e) => Err(e),
         },

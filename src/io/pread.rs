@@ -24,7 +24,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -38,6 +38,7 @@ use crate::config::{Backend, MmapConfig};
 use crate::error::{Error, Result};
 use crate::faults::FaultPlan;
 use crate::index::{LayerSpec, BLOCK};
+use crate::pagecache::Residency;
 use crate::verify::Verify;
 use crate::weights::LayerBytes;
 
@@ -52,6 +53,8 @@ struct Inner {
     tuning: Tuning,
     /// Test-only fault injection (`None` otherwise).
     faults: Option<Arc<FaultPlan>>,
+    /// Bytes read buffered because they were cached (`Stats::page_cache_bytes`).
+    page_cache_bytes: Arc<AtomicU64>,
 }
 
 /// One model file, opened once per model (twice with direct I/O).
@@ -59,6 +62,7 @@ struct PreadFile {
     path: Arc<Path>,
     direct: Option<File>,
     buffered: File,
+    residency: Option<Residency>,
     /// Cleared when the filesystem refuses a direct read; later reads are buffered.
     direct_ok: AtomicBool,
 }
@@ -69,6 +73,7 @@ impl PreadBackend {
         files: &[Arc<Path>],
         config: &MmapConfig,
         faults: Option<Arc<FaultPlan>>,
+        page_cache_bytes: Arc<AtomicU64>,
     ) -> Result<Self> {
         let files = aligned::open_files(files, config.direct_io)?
             .into_iter()
@@ -77,6 +82,7 @@ impl PreadBackend {
                 direct_ok: AtomicBool::new(f.direct.is_some()),
                 direct: f.direct,
                 buffered: f.buffered,
+                residency: f.residency,
             })
             .collect();
         Ok(PreadBackend {
@@ -84,6 +90,7 @@ impl PreadBackend {
                 files,
                 tuning: Tuning::new(config),
                 faults,
+                page_cache_bytes,
             }),
         })
     }
@@ -221,6 +228,7 @@ impl Inner {
         let file = &self.files[chunk.file];
         let mut done = 0usize;
         let mut transient = 0;
+        let cached = aligned::read_cached(file.residency.as_ref(), chunk, &self.page_cache_bytes);
         while done < window.len() {
             let pos = chunk.offset + done as u64;
             // Direct reads need a block-aligned offset, length and address.
@@ -228,7 +236,7 @@ impl Inner {
             // block-aligned, so an aligned `pos` makes all three aligned; after
             // a short read ends mid-block, finish the chunk buffered.
             let direct = match &file.direct {
-                Some(d) if file.direct_ok.load(Relaxed) && pos % BLOCK == 0 => Some(d),
+                Some(d) if !cached && file.direct_ok.load(Relaxed) && pos % BLOCK == 0 => Some(d),
                 _ => None,
             };
             let fd = direct.unwrap_or(&file.buffered);

@@ -44,6 +44,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -58,6 +59,7 @@ use crate::config::{Backend, MmapConfig};
 use crate::error::{Error, Result};
 use crate::faults::FaultPlan;
 use crate::index::{LayerSpec, BLOCK};
+use crate::pagecache::Residency;
 use crate::verify::Verify;
 use crate::weights::LayerBytes;
 
@@ -80,6 +82,8 @@ struct Ring {
     live_buffers: Rc<Cell<usize>>,
     /// Test-only fault injection (`None` otherwise).
     faults: Option<Arc<FaultPlan>>,
+    /// Bytes read buffered because they were cached (`Stats::page_cache_bytes`).
+    page_cache_bytes: Arc<AtomicU64>,
 }
 
 pub(crate) struct UringBackend {
@@ -107,6 +111,7 @@ struct RingFile {
     path: Arc<Path>,
     direct: Option<tokio_uring::fs::File>,
     buffered: tokio_uring::fs::File,
+    residency: Option<Residency>,
     /// Cleared when the filesystem refuses a direct read; later reads are buffered.
     direct_ok: Cell<bool>,
 }
@@ -118,6 +123,7 @@ impl UringBackend {
         files: &[Arc<Path>],
         config: &MmapConfig,
         faults: Option<Arc<FaultPlan>>,
+        page_cache_bytes: Arc<AtomicU64>,
     ) -> Result<Self> {
         let (jobs, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -127,7 +133,17 @@ impl UringBackend {
         let first = Arc::clone(&files[0]);
         std::thread::Builder::new()
             .name("hyperion-uring".into())
-            .spawn(move || ring_thread(paths, direct, tuning, faults, rx, ready_tx))
+            .spawn(move || {
+                ring_thread(
+                    paths,
+                    direct,
+                    tuning,
+                    faults,
+                    page_cache_bytes,
+                    rx,
+                    ready_tx,
+                )
+            })
             .map_err(|e| Error::io(&first, "spawn the io_uring thread", e))?;
         match ready_rx.await {
             Ok(Ok(())) => Ok(UringBackend {
@@ -242,6 +258,7 @@ fn ring_thread(
     direct: bool,
     tuning: Tuning,
     faults: Option<Arc<FaultPlan>>,
+    page_cache_bytes: Arc<AtomicU64>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     ready: oneshot::Sender<Result<()>>,
 ) {
@@ -272,6 +289,7 @@ fn ring_thread(
                 slots: tokio::sync::Semaphore::new(MAX_RING_REQUESTS),
                 live_buffers: Rc::new(Cell::new(0)),
                 faults,
+                page_cache_bytes,
             }),
             Err(e) => {
                 let _ = ready.send(Err(e));
@@ -311,6 +329,7 @@ fn open_files(paths: &[Arc<Path>], direct: bool) -> Result<Vec<RingFile>> {
             direct_ok: Cell::new(f.direct.is_some()),
             direct: f.direct.map(tokio_uring::fs::File::from_std),
             buffered: tokio_uring::fs::File::from_std(f.buffered),
+            residency: f.residency,
         })
         .collect())
 }
@@ -365,11 +384,12 @@ async fn read_chunk(ring: &Ring, buf: &Arc<AlignedBuf>, chunk: &Chunk, layer: us
     let file = &ring.files[chunk.file];
     let mut done = 0u64;
     let mut transient = 0;
+    let cached = aligned::read_cached(file.residency.as_ref(), chunk, &ring.page_cache_bytes);
     while done < chunk.len {
         let pos = chunk.offset + done;
         // Direct reads need block-aligned offsets; after a short read ends
         // mid-block, finish the chunk buffered.
-        let use_direct = file.direct_ok.get() && pos % BLOCK == 0;
+        let use_direct = !cached && file.direct_ok.get() && pos % BLOCK == 0;
         let fd = match (&file.direct, use_direct) {
             (Some(d), true) => d,
             _ => &file.buffered,

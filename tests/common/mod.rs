@@ -29,6 +29,10 @@ impl TestModel {
             ..SynthSpec::default()
         };
         hyperion::synth::write(&path, &spec).unwrap();
+        // Out of the page cache, so that direct reads really are direct: a
+        // direct-I/O engine copies chunks that are cached from the cache
+        // (`direct_reads_copy_cached_chunks_from_the_page_cache`).
+        hyperion::pagecache::drop_cached_pages(&path).unwrap();
         TestModel { dir, path, spec }
     }
 
