@@ -25,6 +25,8 @@ enum Opener {
     AutoWithoutRing,
     /// `Backend::Pread` with the given settings.
     Pread(MmapConfig),
+    /// `Backend::IoUring` with the given settings.
+    Uring(MmapConfig),
 }
 
 impl Opener {
@@ -37,6 +39,7 @@ impl Opener {
             ),
             Opener::AutoWithoutRing => (open_without_ring(m, budget).await, Backend::Pread),
             Opener::Pread(c) => (m.open(c.clone()).await, Backend::Pread),
+            Opener::Uring(c) => (m.open(c.clone()).await, Backend::IoUring),
         };
         assert_eq!(model.backend(), want, "{self:?}");
         model
@@ -144,6 +147,24 @@ async fn auto_truncation_during_reads_is_an_error_never_a_crash() {
 async fn pread_truncation_during_reads_is_an_error_never_a_crash() {
     during_reads(&Opener::Pread(config(Backend::Pread, 64 << 20))).await;
     during_reads(&pread_in_small_chunks()).await;
+}
+
+/// Buffered reads (asked for, or of chunks found in the page cache) do not
+/// exclude a concurrent truncation, which zeroes the page cache past the
+/// new end: without checksums to catch that, the engines check the file's
+/// size after each buffered chunk. (`during_reads` rewrites the file before
+/// each round, so its pages are cached and direct reads copy them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unverified_buffered_reads_racing_truncation_never_return_zeros() {
+    for direct_io in [false, true] {
+        let unverified = |backend| MmapConfig {
+            verify_checksums: false,
+            direct_io,
+            ..config(backend, 64 << 20)
+        };
+        during_reads(&Opener::Pread(unverified(Backend::Pread))).await;
+        during_reads(&Opener::Uring(unverified(Backend::IoUring))).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

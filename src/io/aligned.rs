@@ -278,6 +278,49 @@ pub(crate) fn judge(
     }
 }
 
+/// After a chunk was read (partly) buffered: [`Error::Truncated`] if the
+/// file is now shorter than the bytes the chunk needed.
+///
+/// A buffered read does not exclude a concurrent truncation (a direct read
+/// does, on ext4 and xfs: both take the inode lock), and truncation zeroes
+/// the tail of the page at the new end before it drops the pages past it,
+/// so a copy that raced with it may hold zeros where the file had data, and
+/// report every byte read. The kernel sets the new size before it zeroes
+/// anything, so a size still at least `needed_end` after the copy means the
+/// copy saw the file's bytes. (Layers with checksums would catch this as a
+/// mismatch; safetensors and GGUF layers have none.)
+pub(crate) fn confirm_not_truncated(
+    fd: std::os::fd::BorrowedFd<'_>,
+    path: &Arc<Path>,
+    layer: usize,
+    chunk: &Chunk,
+) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `fd` is an open descriptor for the duration of the call and
+    // `st` is a writable `stat` that `fstat` fills on success.
+    let rc = unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(Error::io(
+            path,
+            format!("stat after reading layer {layer}"),
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `fstat` returned 0, so it initialised `st`.
+    let size = unsafe { st.assume_init() }.st_size as u64;
+    if size < chunk.needed_end {
+        return Err(Error::Truncated {
+            path: Arc::clone(path),
+            layer,
+            offset: chunk.offset,
+            expected_end: chunk.needed_end,
+            end: size,
+        });
+    }
+    Ok(())
+}
+
 /// Errors after which the same request is simply submitted again: an
 /// interrupted or cancelled request (we never cancel our own, so a
 /// cancellation came from outside) or a momentarily busy kernel.

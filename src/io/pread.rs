@@ -229,6 +229,7 @@ impl Inner {
         let mut done = 0usize;
         let mut transient = 0;
         let cached = aligned::read_cached(file.residency.as_ref(), chunk, &self.page_cache_bytes);
+        let mut buffered = false;
         while done < window.len() {
             let pos = chunk.offset + done as u64;
             // Direct reads need a block-aligned offset, length and address.
@@ -239,6 +240,7 @@ impl Inner {
                 Some(d) if !cached && file.direct_ok.load(Relaxed) && pos % BLOCK == 0 => Some(d),
                 _ => None,
             };
+            buffered |= direct.is_none();
             let fd = direct.unwrap_or(&file.buffered);
             let mut len = window.len() - done;
             let injected = aligned::inject(self.faults.as_deref(), &mut len);
@@ -260,10 +262,14 @@ impl Inner {
             )?;
             match step {
                 Step::Read(n) => done += n,
-                Step::Complete => return Ok(()),
+                Step::Complete => break,
                 Step::Again => {}
                 Step::Buffered => file.direct_ok.store(false, Relaxed),
             }
+        }
+        if buffered {
+            use std::os::fd::AsFd;
+            aligned::confirm_not_truncated(file.buffered.as_fd(), &file.path, layer, chunk)?;
         }
         Ok(())
     }

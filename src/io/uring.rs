@@ -42,6 +42,7 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
@@ -385,6 +386,7 @@ async fn read_chunk(ring: &Ring, buf: &Arc<AlignedBuf>, chunk: &Chunk, layer: us
     let mut done = 0u64;
     let mut transient = 0;
     let cached = aligned::read_cached(file.residency.as_ref(), chunk, &ring.page_cache_bytes);
+    let mut buffered = false;
     while done < chunk.len {
         let pos = chunk.offset + done;
         // Direct reads need block-aligned offsets; after a short read ends
@@ -392,7 +394,10 @@ async fn read_chunk(ring: &Ring, buf: &Arc<AlignedBuf>, chunk: &Chunk, layer: us
         let use_direct = !cached && file.direct_ok.get() && pos % BLOCK == 0;
         let fd = match (&file.direct, use_direct) {
             (Some(d), true) => d,
-            _ => &file.buffered,
+            _ => {
+                buffered = true;
+                &file.buffered
+            }
         };
         let _slot = ring
             .slots
@@ -428,10 +433,15 @@ async fn read_chunk(ring: &Ring, buf: &Arc<AlignedBuf>, chunk: &Chunk, layer: us
             &mut transient,
         )? {
             Step::Read(n) => done += n as u64,
-            Step::Complete => return Ok(()),
+            Step::Complete => break,
             Step::Again => {}
             Step::Buffered => file.direct_ok.set(false),
         }
+    }
+    if buffered {
+        // SAFETY: the ring file owns this descriptor and outlives the borrow.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(file.buffered.as_raw_fd()) };
+        aligned::confirm_not_truncated(fd, &file.path, layer, chunk)?;
     }
     Ok(())
 }
