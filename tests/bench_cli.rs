@@ -58,10 +58,13 @@ fn bench_quick_json_reports_every_figure() {
         "ceiling_buffered",
         "memcpy",
         "stream_cold_io_uring",
+        "stream_cold_io_uring_noverify",
+        "stream_cold_io_uring_fresh",
         "stream_cold_io_uring_buffered",
         "stream_cold_pread",
         "stream_cold_mmap",
         "stream_warm",
+        "stream_warm_default",
         "stream_warm_io_uring",
         "random_cold",
         "concurrent_1",
@@ -89,7 +92,13 @@ fn bench_quick_json_reports_every_figure() {
         let reads = v["measurements"][tasks]["disk_reads"].as_array().unwrap();
         assert!(reads.iter().all(|r| r.as_u64().unwrap() > 0), "{tasks}");
     }
-    for ratio in ["cold_stream_over_ceiling", "warm_over_memcpy"] {
+    for ratio in [
+        "cold_stream_over_ceiling",
+        "cold_stream_noverify_over_ceiling",
+        "cold_stream_fresh_over_ceiling",
+        "warm_over_memcpy",
+        "warm_default_config_over_memcpy",
+    ] {
         let r = v["ratios"][ratio].as_f64().unwrap_or(0.0);
         assert!(r > 0.0 && r.is_finite(), "{ratio}: {r}");
     }
