@@ -5,7 +5,7 @@
 //! cargo run --release --example stream -- MODEL.tmai [BUDGET_MIB] [auto|io-uring|pread|mmap]
 //! ```
 //!
-//! Tuning knobs, for measuring the defaults: `CHUNK_MIB` (read_chunk_size),
+//! Tuning knobs, for measuring the defaults: `CHUNK_MIB` or `CHUNK_KIB` (read_chunk_size),
 //! `DEPTH` (reads_in_flight), `PREFETCH` (prefetch_threads, also the
 //! lookahead), `DIRECT=0` (buffered reads), `VERIFY=0` (no checksums),
 //! `POOLED=1` (an untimed pass first, so the timed one reads into the
@@ -38,7 +38,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = MmapConfig {
         max_cache_size: budget,
         backend,
-        read_chunk_size: env("CHUNK_MIB").map_or(defaults.read_chunk_size, |m| m << 20),
+        read_chunk_size: env("CHUNK_KIB")
+            .map(|k| k << 10)
+            .or(env("CHUNK_MIB").map(|m| m << 20))
+            .unwrap_or(defaults.read_chunk_size),
         reads_in_flight: env("DEPTH").map_or(defaults.reads_in_flight, |d| d as usize),
         prefetch_threads: env("PREFETCH").map_or(defaults.prefetch_threads, |p| p as usize),
         direct_io: env("DIRECT") != Some(0),
@@ -54,6 +57,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         if env("WARM") != Some(1) {
             hyperion::pagecache::drop_cached_pages(path.as_ref())?;
+        }
+    }
+    // `PASSES=N`: N timed passes (every layer released between them).
+    for _ in 1..env("PASSES").unwrap_or(1) {
+        for i in 0..model.layer_count() {
+            model.release(i)?;
+        }
+        let start = Instant::now();
+        let bytes = stream(&model, lookahead).await?;
+        let secs = start.elapsed().as_secs_f64();
+        println!("pass: {:.0} MB/s", bytes as f64 / 1e6 / secs);
+        for i in 0..model.layer_count() {
+            model.release(i)?;
         }
     }
     let start = Instant::now();
@@ -75,6 +91,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// Reads every layer in order, keeping the prefetcher `lookahead` layers ahead.
 async fn stream(model: &MappedModel, lookahead: usize) -> hyperion::Result<u64> {
     let mut bytes = 0u64;
+    if std::env::var_os("STREAM_LAYERS").is_some() {
+        use futures::StreamExt;
+        let mut s = model.stream_layers(0..model.layer_count(), Some(lookahead));
+        while let Some(w) = s.next().await {
+            bytes += w?.len() as u64;
+        }
+        return Ok(bytes);
+    }
     for i in 0..model.layer_count() {
         for ahead in i + 1..(i + 1 + lookahead).min(model.layer_count()) {
             model.prefetch(ahead);

@@ -102,6 +102,12 @@ fn bench_quick_json_reports_every_figure() {
         let r = v["ratios"][ratio].as_f64().unwrap_or(0.0);
         assert!(r > 0.0 && r.is_finite(), "{ratio}: {r}");
     }
+    // The headline ratios round by round: one per repetition.
+    for ratio in ["cold_stream_over_ceiling", "warm_over_memcpy"] {
+        let rounds = v["ratios"]["per_round"][ratio].as_array().unwrap();
+        assert_eq!(rounds.len(), 2, "{ratio}");
+        assert!(rounds.iter().all(|r| r.as_f64().unwrap() > 0.0), "{ratio}");
+    }
     // Peak RSS streaming a model 8× the budget, with the check's result.
     let rss = &v["rss"]["stream_8x_budget"];
     let budget = rss["budget"].as_u64().unwrap();

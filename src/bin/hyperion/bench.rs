@@ -222,6 +222,22 @@ impl Report {
             .map_or(0.0, Measurement::median)
     }
 
+    /// The ratio of `name`'s runs to `base`'s, round by round (for rows
+    /// measured in the same rounds).
+    fn round_ratios(&self, name: &str, base: &str) -> Vec<f64> {
+        let runs = |n: &str| {
+            self.measurements
+                .iter()
+                .find(|m| m.name == n)
+                .map_or(Vec::new(), |m| m.runs.clone())
+        };
+        runs(name)
+            .iter()
+            .zip(runs(base))
+            .map(|(a, b)| if b > 0.0 { a / b } else { 0.0 })
+            .collect()
+    }
+
     /// Warns when a cold read ran faster than any disk here can.
     fn check_cold(&mut self, name: &str, mb_s: f64) {
         if mb_s > COLD_SUSPICIOUS_MB_S {
@@ -309,6 +325,12 @@ fn bench(args: Args) -> anyhow::Result<()> {
                 "cold_stream_fresh_over_ceiling": fresh_ratio,
                 "warm_over_memcpy": warm_ratio,
                 "warm_default_config_over_memcpy": warm_default_ratio,
+                "per_round": {
+                    "cold_stream_over_ceiling": report.round_ratios("stream_cold_io_uring", "ceiling_direct"),
+                    "cold_stream_noverify_over_ceiling": report.round_ratios("stream_cold_io_uring_noverify", "ceiling_direct"),
+                    "warm_over_memcpy": report.round_ratios("stream_warm", "memcpy"),
+                    "warm_default_config_over_memcpy": report.round_ratios("stream_warm_default", "memcpy"),
+                },
             },
             "targets": {
                 "cold_stream_over_ceiling": 0.9,
@@ -344,16 +366,26 @@ fn bench(args: Args) -> anyhow::Result<()> {
                 m.notes
             );
         }
+        let rounds = |name: &str, base: &str| {
+            let r: Vec<String> = report
+                .round_ratios(name, base)
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect();
+            r.join(" ")
+        };
         println!(
-            "ratio cold io_uring stream / O_DIRECT ceiling: {cold_ratio:.2} (target ≥ 0.90: {})",
-            if cold_ratio >= 0.9 { "met" } else { "missed" }
+            "ratio cold io_uring stream / O_DIRECT ceiling: {cold_ratio:.2} (target ≥ 0.90: {}; round by round {})",
+            if cold_ratio >= 0.9 { "met" } else { "missed" },
+            rounds("stream_cold_io_uring", "ceiling_direct")
         );
         println!(
             "  the same without checksums: {noverify_ratio:.2}; a new model per pass (fresh memory): {fresh_ratio:.2}"
         );
         println!(
-            "ratio warm stream / memcpy:                    {warm_ratio:.2} (target ≥ 0.80: {})",
-            if warm_ratio >= 0.8 { "met" } else { "missed" }
+            "ratio warm stream / memcpy:                    {warm_ratio:.2} (target ≥ 0.80: {}; round by round {})",
+            if warm_ratio >= 0.8 { "met" } else { "missed" },
+            rounds("stream_warm", "memcpy")
         );
         println!("  the same with the default config (direct_io, cached chunks copied): {warm_default_ratio:.2}");
         if let Some(r) = &report.rss {
@@ -394,53 +426,23 @@ fn measure(
     let reps = plan.reps;
     let n = plan.spec.layers;
 
-    // Ceilings.
-    let mut m = Measurement::new(
-        "ceiling_direct",
-        "O_DIRECT pread, 4 MiB requests, 2 MiB-aligned MADV_HUGEPAGE buffer, cold",
-    );
-    let mut buf = huge_buffer(DIRECT_CHUNK)?;
-    for _ in 0..reps {
-        drop_cache(path)?;
-        let v = read_direct(path, &mut buf, file_bytes)?;
-        report.check_cold(m.name, v);
-        m.runs.push(v);
-    }
-    drop(buf);
-    report.push(m);
-
-    let mut m = Measurement::new("ceiling_buffered", "plain read(), 8 MiB buffer, cold");
-    for _ in 0..reps {
-        drop_cache(path)?;
-        let v = read_buffered(path, file_bytes)?;
-        report.check_cold(m.name, v);
-        m.runs.push(v);
-    }
-    report.push(m);
-
-    let mut m = Measurement::new(
-        "memcpy",
-        "one thread, 512 MiB warm buffer into another (second of two copies)",
-    );
-    {
-        let src = vec![0x5au8; MEMCPY_BYTES];
-        let mut dst = vec![0u8; MEMCPY_BYTES];
-        for _ in 0..reps {
-            dst.copy_from_slice(std::hint::black_box(&src));
-            let t = Instant::now();
-            dst.copy_from_slice(std::hint::black_box(&src));
-            std::hint::black_box(&mut dst);
-            m.runs.push(mb_s(MEMCPY_BYTES as u64, t.elapsed()));
-        }
-    }
-    report.push(m);
-
-    // Hyperion, cold, in the steady state of a process that keeps the model
-    // open and streams it through a budget smaller than the model (every
-    // pass reads every layer from the disk): one open model whose buffer
-    // pool an untimed pass filled, the page cache dropped before each pass.
-    // The ceiling reader reads into one warm buffer too.
     let sequential: Vec<usize> = (0..n).collect();
+
+    // Cold, round-robin: each round reads the file once with the ceiling
+    // reader and once with each open model below, so that a host whose speed
+    // drifts from minute to minute (these VMs) affects every figure of a
+    // ratio alike.
+    //
+    // Hyperion is measured in the steady state of a process that keeps the
+    // model open and streams it through a budget smaller than the model
+    // (every pass reads every layer from the disk): one open model whose
+    // buffer pool an untimed pass filled, every layer released and the file's
+    // pages dropped before each pass. The ceiling reader reads into one
+    // pre-faulted buffer too. (A new model per pass: further below.)
+    let mut ceiling = Measurement::new(
+        "ceiling_direct",
+        "O_DIRECT pread, 4 MiB requests, 2 MiB-aligned MADV_HUGEPAGE buffer, cold; interleaved with the two rows below",
+    );
     let open_cold = [
         (
             "stream_cold_io_uring",
@@ -453,26 +455,103 @@ fn measure(
             "the same with verify_checksums: false (the work the ceiling reader does)",
         ),
     ];
+    let mut streams = Vec::new();
     for (name, verify, notes) in open_cold {
         let config = MmapConfig {
             verify_checksums: verify,
             ..plan.config(Backend::IoUring, true)
         };
-        let lookahead = Some(config.prefetch_threads);
-        let mut m = Measurement::new(name, notes);
-        let (runs, backend) = rt.block_on(open_model_passes(
-            path,
-            config,
-            &sequential,
-            lookahead,
-            reps,
-            Pages::Dropped,
-        ))?;
-        for &v in &runs {
-            report.check_cold(name, v);
+        let model = rt.block_on(open_with_full_pool(path, config, &sequential))?;
+        streams.push((Measurement::new(name, notes), model));
+    }
+    let mut buf = huge_buffer(DIRECT_CHUNK)?;
+    for _ in 0..reps {
+        drop_cache(path)?;
+        let v = read_direct(path, &mut buf, file_bytes)?;
+        report.check_cold(ceiling.name, v);
+        ceiling.runs.push(v);
+        for (m, model) in &mut streams {
+            let v = rt.block_on(timed_pass(model, path, &sequential, Pages::Dropped))?;
+            report.check_cold(m.name, v);
+            m.runs.push(v);
         }
-        m.runs = runs;
-        m.extra.insert("backend".into(), json!(backend));
+    }
+    drop(buf);
+    report.push(ceiling);
+    for (mut m, model) in streams {
+        m.extra
+            .insert("backend".into(), json!(model.backend().name()));
+        model.close();
+        report.push(m);
+    }
+
+    let mut m = Measurement::new("ceiling_buffered", "plain read(), 8 MiB buffer, cold");
+    for _ in 0..reps {
+        drop_cache(path)?;
+        let v = read_buffered(path, file_bytes)?;
+        report.check_cold(m.name, v);
+        m.runs.push(v);
+    }
+    report.push(m);
+
+    // Warm, round-robin as above: each round copies memory once (`memcpy`)
+    // and streams the page-cached file once on each open model. The file is
+    // put in the page cache by one plain sequential read (as a download, a
+    // copy or `cat` leaves it).
+    read_buffered(path, file_bytes)?;
+    let mut memcpy = Measurement::new(
+        "memcpy",
+        "one thread, 512 MiB warm buffer into another (second of two copies); interleaved with the warm rows",
+    );
+    let warm_streams = [
+        (
+            "stream_warm",
+            Backend::Auto,
+            false,
+            "Backend::Auto with direct_io: false (Auto picks the pread engine for buffered reads), file in the page cache, one open model, pool full",
+        ),
+        (
+            "stream_warm_default",
+            Backend::Auto,
+            true,
+            "the default config (direct_io: true): cached chunks are copied from the page cache",
+        ),
+        (
+            "stream_warm_io_uring",
+            Backend::IoUring,
+            false,
+            "buffered io_uring, for comparison",
+        ),
+    ];
+    let mut streams = Vec::new();
+    for (name, backend, direct, notes) in warm_streams {
+        let model = rt.block_on(open_with_full_pool(
+            path,
+            plan.config(backend, direct),
+            &sequential,
+        ))?;
+        streams.push((Measurement::new(name, notes), model));
+    }
+    {
+        let src = vec![0x5au8; MEMCPY_BYTES];
+        let mut dst = vec![0u8; MEMCPY_BYTES];
+        for _ in 0..reps {
+            dst.copy_from_slice(std::hint::black_box(&src));
+            let t = Instant::now();
+            dst.copy_from_slice(std::hint::black_box(&src));
+            std::hint::black_box(&mut dst);
+            memcpy.runs.push(mb_s(MEMCPY_BYTES as u64, t.elapsed()));
+            for (m, model) in &mut streams {
+                m.runs
+                    .push(rt.block_on(timed_pass(model, path, &sequential, Pages::Kept))?);
+            }
+        }
+    }
+    report.push(memcpy);
+    for (mut m, model) in streams {
+        m.extra
+            .insert("backend".into(), json!(model.backend().name()));
+        model.close();
         report.push(m);
     }
 
@@ -515,47 +594,6 @@ fn measure(
             m.runs.push(r.mb_s);
             m.extra.insert("backend".into(), json!(r.backend));
         }
-        report.push(m);
-    }
-
-    // Warm: the file in the page cache, put there by one plain sequential
-    // read (as a download, a copy or `cat` leaves it). Which reader filled
-    // the cache matters here: docs/performance.md, "Warm".
-    read_buffered(path, file_bytes)?;
-    let warm_streams = [
-        (
-            "stream_warm",
-            Backend::Auto,
-            false,
-            "Backend::Auto with direct_io: false (Auto picks the pread engine for buffered reads), file in the page cache, one open model, pool full",
-        ),
-        (
-            "stream_warm_default",
-            Backend::Auto,
-            true,
-            "the default config (direct_io: true): cached chunks are copied from the page cache",
-        ),
-        (
-            "stream_warm_io_uring",
-            Backend::IoUring,
-            false,
-            "buffered io_uring, for comparison",
-        ),
-    ];
-    for (name, backend, direct, notes) in warm_streams {
-        let config = plan.config(backend, direct);
-        let lookahead = Some(config.prefetch_threads);
-        let mut m = Measurement::new(name, notes);
-        let (runs, backend) = rt.block_on(open_model_passes(
-            path,
-            config,
-            &sequential,
-            lookahead,
-            reps,
-            Pages::Kept,
-        ))?;
-        m.runs = runs;
-        m.extra.insert("backend".into(), json!(backend));
         report.push(m);
     }
 
@@ -711,47 +749,50 @@ async fn stream_pass(
     Ok(finish(model, bytes, start))
 }
 
-/// Whether the file's pages are dropped from the page cache before each
-/// timed pass of [`open_model_passes`].
+/// Whether the file's pages are dropped from the page cache before a
+/// [`timed_pass`].
 #[derive(Clone, Copy, PartialEq)]
 enum Pages {
     Dropped,
     Kept,
 }
 
-/// `reps` timed passes over `order` on one open model, after an untimed one
-/// that fills the buffer pool; before each pass every layer is released (its
-/// buffer goes back to the pool) and, with `Pages::Dropped`, the file's
-/// pages are dropped, so each pass reads every layer again: the steady state
-/// of a process that keeps a model open. (A fresh model's first budget of
-/// buffers is new memory, whose first touch costs more than the read on
-/// these VMs, and erratically: docs/performance.md, "Fresh memory".)
-async fn open_model_passes(
+/// Opens the model and streams `order` once, untimed, so that its buffer
+/// pool holds a budget of buffers: the steady state of a process that keeps
+/// a model open. (A new model's first budget of buffers is new memory,
+/// whose first touch costs more than the read on these VMs, and
+/// erratically: docs/performance.md, "Fresh memory".)
+async fn open_with_full_pool(
     path: &Path,
     config: MmapConfig,
     order: &[usize],
-    lookahead: Option<usize>,
-    reps: usize,
-    pages: Pages,
-) -> anyhow::Result<(Vec<f64>, &'static str)> {
+) -> anyhow::Result<MappedModel> {
+    let lookahead = Some(config.prefetch_threads);
     let model = MappedModel::open(path, config).await?;
-    let mut runs = Vec::with_capacity(reps);
-    for pass in 0..=reps {
-        for i in 0..model.layer_count() {
-            model.release(i)?;
-        }
-        if pages == Pages::Dropped {
-            drop_cache(path)?;
-        }
-        let start = Instant::now();
-        let bytes = stream_bytes(&model, order.to_vec(), lookahead).await?;
-        if pass > 0 {
-            runs.push(mb_s(bytes, start.elapsed()));
-        }
+    stream_bytes(&model, order.to_vec(), lookahead).await?;
+    Ok(model)
+}
+
+/// One timed pass over `order` on an open model, lookahead
+/// `prefetch_threads`, after releasing every layer (so each is read again,
+/// into a pooled buffer) and, with `Pages::Dropped`, dropping the file's
+/// pages; MB/s.
+async fn timed_pass(
+    model: &MappedModel,
+    path: &Path,
+    order: &[usize],
+    pages: Pages,
+) -> anyhow::Result<f64> {
+    for i in 0..model.layer_count() {
+        model.release(i)?;
     }
-    let backend = model.backend().name();
-    model.close();
-    Ok((runs, backend))
+    if pages == Pages::Dropped {
+        drop_cache(path)?;
+    }
+    let lookahead = Some(model.config().prefetch_threads);
+    let start = Instant::now();
+    let bytes = stream_bytes(model, order.to_vec(), lookahead).await?;
+    Ok(mb_s(bytes, start.elapsed()))
 }
 
 /// `tasks` tasks on one model, task `k` streaming every layer starting at
