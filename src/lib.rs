@@ -5,6 +5,7 @@
 mod budget;
 pub mod buffer;
 mod cache;
+mod checksum;
 pub mod config;
 pub mod dtype;
 pub mod error;

@@ -46,11 +46,11 @@ async fn check_layer(
     expected: u64,
 ) -> Result<LayerBytes> {
     let (bytes, actual) = if bytes.len < BLOCKING_THRESHOLD {
-        let h = xxhash_rust::xxh3::xxh3_64(bytes.as_slice());
+        let h = crate::checksum::xxh3_64(bytes.as_slice());
         (bytes, h)
     } else {
         tokio::task::spawn_blocking(move || {
-            let h = xxhash_rust::xxh3::xxh3_64(bytes.as_slice());
+            let h = crate::checksum::xxh3_64(bytes.as_slice());
             (bytes, h)
         })
         .await

@@ -21,7 +21,7 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Arc;
 
-use xxhash_rust::xxh3::{xxh3_64, Xxh3Default};
+use crate::checksum::{xxh3_64, Xxh3};
 
 use super::read_up_to;
 use crate::dtype::DType;
@@ -773,7 +773,7 @@ pub struct TmaiWriter {
     done: u64,
     /// Tensor bytes not yet written.
     remaining: u64,
-    hasher: Box<Xxh3Default>,
+    hasher: Box<Xxh3>,
     checksums: Vec<u64>,
     failed: Option<Error>,
 }
@@ -830,7 +830,7 @@ impl TmaiWriter {
             tensor: 0,
             done: 0,
             remaining: layout.total,
-            hasher: Box::new(Xxh3Default::new()),
+            hasher: Box::new(Xxh3::new()),
             failed: None,
         };
         writer.pad_to(layout.data_start, false)?;
@@ -954,7 +954,7 @@ impl TmaiWriter {
         };
         self.pad_to(end, true)?;
         self.checksums.push(self.hasher.digest());
-        self.hasher.reset();
+        *self.hasher = Xxh3::new();
         self.layer += 1;
         self.tensor = 0;
         self.done = 0;

@@ -472,7 +472,7 @@ mod tests {
                 layer.extend_from_slice(&bytes);
             }
             let chunk = BLOCK * rng.random_range(1..6);
-            let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+            let mut hasher = crate::checksum::Xxh3::new();
             let mut streamed = Vec::new();
             let mut end = 0;
             for c in chunks(&spans, chunk) {

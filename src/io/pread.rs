@@ -173,7 +173,7 @@ impl Inner {
         }
         let threads = self.tuning.depth.min(windows.len());
         if hash || threads <= 1 {
-            let mut hasher = hash.then(xxhash_rust::xxh3::Xxh3::new);
+            let mut hasher = hash.then(crate::checksum::Xxh3::new);
             for (chunk, window) in windows {
                 self.read_chunk(layer, &chunk, window)?;
                 if let Some(hasher) = &mut hasher {

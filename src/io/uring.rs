@@ -235,7 +235,7 @@ impl super::ReadBackend for UringBackend {
 /// until the job drops its end; returns the xxh3-64. Runs on a blocking
 /// thread.
 fn hash_regions(buf: &AlignedBuf, mut regions: mpsc::UnboundedReceiver<Range<usize>>) -> u64 {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut hasher = crate::checksum::Xxh3::new();
     while let Some(r) = regions.blocking_recv() {
         // SAFETY: the ring thread sends a region only after every request
         // writing into it has completed (observed on the ring thread, and the
