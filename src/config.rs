@@ -22,7 +22,11 @@ pub enum Backend {
     /// through `tracing::warn!`); with `direct_io: false`, always
     /// [`Backend::Pread`], which copies from the page cache faster and more
     /// steadily than buffered io_uring (measured: `docs/architecture.md`,
-    /// "Engines"). Never mmap, so never `SIGBUS`.
+    /// "Engines"). With io_uring and `direct_io`, a layer found in the page
+    /// cache is read by the pread engine too, whose copies run on a thread
+    /// per layer rather than on the one ring thread. [`MappedModel::backend`](crate::MappedModel::backend)
+    /// names the engine that reads from the disk. Never mmap, so never
+    /// `SIGBUS`.
     #[default]
     Auto,
     /// io_uring through tokio-uring on a dedicated ring thread; fails to open

@@ -11,6 +11,7 @@
 //! the memory.
 
 pub(crate) mod aligned;
+pub(crate) mod auto;
 pub(crate) mod mmap;
 pub(crate) mod pread;
 pub(crate) mod uring;
@@ -59,7 +60,9 @@ pub(crate) trait ReadBackend: Send + Sync + 'static {
 /// page cache instead (see [`aligned::OpenFile::residency`]).
 ///
 /// `Auto` is io_uring, or pread where the ring cannot be created; never mmap,
-/// so that a file truncated under an open model cannot raise `SIGBUS`.
+/// so that a file truncated under an open model cannot raise `SIGBUS`. With
+/// io_uring and `direct_io`, layers found in the page cache are read by the
+/// pread engine ([`auto`]).
 pub(crate) async fn open_backend(
     files: &[Arc<Path>],
     config: &MmapConfig,
@@ -78,8 +81,9 @@ pub(crate) async fn open_backend(
         // steadier and faster than buffered io_uring (warm 13.6–15.4 GB/s
         // against 1.6–15.7; cold the same): docs/architecture.md, "Engines".
         Backend::Auto if !config.direct_io => Ok(Arc::new(pread(faults)?)),
+        // Layers in the page cache go to pread (io/auto.rs).
         Backend::Auto => match uring().await {
-            Ok(b) => Ok(Arc::new(b)),
+            Ok(b) => Ok(Arc::new(auto::AutoBackend::new(files, b, pread(faults)?)?)),
             Err(e @ Error::BackendUnavailable { .. }) => {
                 warn_fallback_once(&e);
                 Ok(Arc::new(pread(faults)?))
