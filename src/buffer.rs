@@ -145,6 +145,9 @@ pub struct AlignedBuf {
     /// both drop as fields, the memory is unmapped before it is uncharged.
     map: Option<Mapping>,
     charge: Option<Charge>,
+    /// The mapping was made for this buffer (not taken from the pool), so
+    /// none of its pages has been touched yet.
+    fresh: bool,
 }
 
 // SAFETY: `AlignedBuf` owns its mapping exclusively (like a `Box<[u8]>`);
@@ -178,20 +181,46 @@ impl AlignedBuf {
             .max(1)
             .checked_next_multiple_of(PAGE)
             .ok_or_else(too_large)?;
-        let map = match charge.as_mut().and_then(Charge::take_mapping) {
-            Some(m) if m.capacity() >= rounded => m,
+        let (map, fresh) = match charge.as_mut().and_then(Charge::take_mapping) {
+            Some(m) if m.capacity() >= rounded => (m, false),
             Some(small) => {
                 drop(small);
-                Mapping::new(rounded)?
+                (Mapping::new(rounded)?, true)
             }
-            None => Mapping::new(rounded)?,
+            None => (Mapping::new(rounded)?, true),
         };
         Ok(AlignedBuf {
             ptr: map.ptr,
             len: rounded,
             map: Some(map),
             charge,
+            fresh,
         })
+    }
+
+    /// Whether the buffer's memory was mapped for it (none of its pages
+    /// touched yet) rather than taken over from the pool.
+    pub(crate) fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// Faults every page of the buffer in now (`MADV_POPULATE_WRITE`), so
+    /// that a read into it does not (see `io::aligned::layer_buffer`).
+    /// Best effort: on a kernel without it (before 5.14), or when the memory
+    /// cannot be had now, nothing happens and the read faults the pages in.
+    pub(crate) fn prefault(&self) {
+        // SAFETY: the range is exactly this buffer's part of its own live,
+        // writable private anonymous mapping. MADV_POPULATE_WRITE only
+        // populates page tables as a write fault would: pages already present
+        // keep their contents and new ones are zero-filled, so no byte that
+        // anyone could observe changes.
+        unsafe {
+            libc::madvise(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                libc::MADV_POPULATE_WRITE,
+            );
+        }
     }
 
     /// A raw pointer for I/O into the buffer. Writers through it must not
@@ -289,6 +318,40 @@ mod tests {
             budget.close_pool();
             assert_eq!(budget.snapshot().live + budget.snapshot().idle, 0);
         }
+    }
+
+    /// Resident pages of `buf` (`mincore`), out of its pages.
+    fn resident(buf: &AlignedBuf) -> (usize, usize) {
+        let pages = buf.as_slice().len() / PAGE;
+        let mut vec = vec![0u8; pages];
+        // SAFETY: the buffer's range is part of a live mapping, and `vec`
+        // has one byte per page of it.
+        let rc = unsafe {
+            libc::mincore(
+                buf.as_mut_ptr().cast(),
+                buf.as_slice().len(),
+                vec.as_mut_ptr(),
+            )
+        };
+        assert_eq!(rc, 0);
+        (vec.iter().filter(|&&b| b & 1 == 1).count(), pages)
+    }
+
+    #[test]
+    fn prefault_makes_a_fresh_buffer_resident_and_keeps_it_zeroed() {
+        let budget = Budget::new(64 << 20);
+        let len = 2 * HUGE_PAGE;
+        let b = AlignedBuf::charged(len, budget.try_reserve(len as u64)).unwrap();
+        assert!(b.is_fresh());
+        assert_eq!(resident(&b).0, 0, "nothing touched yet");
+        b.prefault();
+        let (resident, pages) = resident(&b);
+        assert_eq!(resident, pages, "every page faulted in");
+        assert!(b.as_slice().iter().all(|&x| x == 0));
+        drop(b);
+        // Taken from the pool: not fresh, nothing to fault in.
+        let again = AlignedBuf::charged(len, budget.try_reserve(len as u64)).unwrap();
+        assert!(!again.is_fresh());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::budget::Charge;
-use crate::buffer::AlignedBuf;
+use crate::buffer::{AlignedBuf, HUGE_PAGE};
 use crate::config::MmapConfig;
 use crate::error::{Error, Result};
 use crate::faults::{Fault, FaultPlan};
@@ -186,11 +186,39 @@ pub(crate) fn chunks(spans: &[Span], chunk: u64) -> impl Iterator<Item = Chunk> 
     })
 }
 
-/// The buffer a layer of `len` bytes is read into, carrying the budget
-/// `charge` that paid for it. Every engine that reads into a buffer gets it
-/// here (and only here), so a buffer pool can take this function's place.
-pub(crate) fn layer_buffer(path: &Arc<Path>, len: usize, charge: Charge) -> Result<AlignedBuf> {
-    AlignedBuf::charged(len, Some(charge)).map_err(|e| Error::io(path, "allocate", e))
+/// The buffer layer `layer`, of `len` bytes, is read into, carrying the
+/// budget `charge` that paid for it: a mapping from the pool if the charge
+/// took one over, else fresh memory. Every engine that reads into a buffer
+/// gets it here (and only here).
+///
+/// A fresh buffer of a huge page or more is faulted in on a blocking thread
+/// first ([`AlignedBuf::prefault`]). Otherwise a direct read takes those
+/// faults inside the read, as the kernel pins the pages — for io_uring on
+/// its one ring thread, which then neither submits nor reaps meanwhile —
+/// while done apart they overlap the reads of other layers on the second
+/// core. Measured on a whole-model load (all of its memory fresh):
+/// docs/performance.md, "Fresh memory".
+pub(crate) async fn layer_buffer(
+    path: &Arc<Path>,
+    layer: usize,
+    len: usize,
+    charge: Charge,
+) -> Result<AlignedBuf> {
+    let buf = AlignedBuf::charged(len, Some(charge)).map_err(|e| Error::io(path, "allocate", e))?;
+    if !buf.is_fresh() || len < HUGE_PAGE {
+        return Ok(buf);
+    }
+    // The task owns the buffer: if this future is dropped, the buffer (and
+    // its charge) is freed when the task ends.
+    tokio::task::spawn_blocking(move || {
+        buf.prefault();
+        buf
+    })
+    .await
+    .map_err(|_| Error::Aborted {
+        path: Arc::clone(path),
+        layer,
+    })
 }
 
 /// Turns a buffer filled according to `spans` into the layer's bytes. Each

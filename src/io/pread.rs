@@ -116,7 +116,7 @@ impl super::ReadBackend for PreadBackend {
         let ranges = spec.ranges.clone();
         let size = spec.size as usize;
         async move {
-            let mut buf = aligned::layer_buffer(&path, buf_len, charge)?;
+            let mut buf = aligned::layer_buffer(&path, layer, buf_len, charge).await?;
             // The blocking thread's events belong to the span this read runs in.
             let span = tracing::Span::current();
             // The task owns the buffer: dropping this future (or its

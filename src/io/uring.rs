@@ -189,7 +189,7 @@ impl super::ReadBackend for UringBackend {
             };
             // A pooled buffer holds an earlier layer's bytes: every byte the
             // layer exposes is overwritten below, or the read fails.
-            let buf = Arc::new(aligned::layer_buffer(&path, buf_len, charge)?);
+            let buf = Arc::new(aligned::layer_buffer(&path, layer, buf_len, charge).await?);
             let (progress, hasher) = match &verify {
                 Some(_) if stream_hash && size >= crate::verify::BLOCKING_THRESHOLD => {
                     let (tx, rx) = mpsc::unbounded_channel();
