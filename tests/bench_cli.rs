@@ -5,6 +5,7 @@
 //! one-line error.
 
 use std::collections::HashMap;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -146,6 +147,21 @@ fn load_whole_and_streaming_report_the_same_bytes() {
     assert_eq!(whole["peak_memory"], 8 << 20);
     let peak = whole["peak_rss_bytes"].as_u64().unwrap();
     assert!(peak >= 8 << 20 && peak >= whole["rss_before_bytes"].as_u64().unwrap());
+    // Cold: nothing came from the page cache. Then, with the file cached
+    // (read once), the default config copies it from there, where the
+    // filesystem allows O_DIRECT at all (not tmpfs).
+    assert_eq!(whole["page_cache_bytes"], 0);
+    std::fs::read(&path).unwrap();
+    let cached = succeed_json(&["load", "--json"], &path);
+    let direct = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .is_ok();
+    let from_cache = cached["page_cache_bytes"].as_u64().unwrap();
+    if direct {
+        assert!(from_cache >= 8 << 20, "{cached}");
+    }
 
     for extra in [&["--buffered"][..], &["--backend", "mmap"], &[]] {
         let args = [&["load", "--json", "--budget", "2097152"][..], extra].concat();

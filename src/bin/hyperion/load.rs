@@ -71,6 +71,9 @@ pub struct Loaded {
     pub checksum: u64,
     /// The most layer bytes Hyperion held at once (its own accounting).
     pub peak_memory: u64,
+    /// Bytes that direct reads copied from the page cache because they were
+    /// cached already (`Stats::page_cache_bytes`).
+    pub page_cache_bytes: u64,
     /// `VmRSS` just before the load started.
     pub rss_before: u64,
     /// `VmHWM` after the load: the process's peak resident set.
@@ -98,6 +101,7 @@ impl Loaded {
             "mb_s": self.mb_s(),
             "checksum": format!("{:016x}", self.checksum),
             "peak_memory": self.peak_memory,
+            "page_cache_bytes": self.page_cache_bytes,
             "rss_before_bytes": self.rss_before,
             "peak_rss_bytes": self.peak_rss,
         })
@@ -111,7 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         println!(
             "{}: {} — {} layers, {} tensors, {:.1} MiB in {:.3} s = {:.0} MB/s; peak RSS {:.1} MiB \
-             (file {:.1} MiB, budget {:.1} MiB, {}, {}); checksum {:016x}",
+             (file {:.1} MiB, budget {:.1} MiB, {} {}, {}; {:.1} MiB copied from the page cache); checksum {:016x}",
             args.file.display(),
             loaded.mode,
             loaded.layers,
@@ -122,12 +126,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             loaded.peak_rss as f64 / MIB,
             loaded.file_bytes as f64 / MIB,
             loaded.budget as f64 / MIB,
+            loaded.backend,
             match (loaded.backend, loaded.direct_io) {
-                ("mmap", _) => "mmap",
-                (_, true) => "io_uring O_DIRECT",
-                (_, false) => "io_uring buffered",
+                ("mmap", _) => "mapped",
+                (_, true) => "O_DIRECT",
+                (_, false) => "buffered",
             },
             if loaded.cold { "cold" } else { "as cached" },
+            loaded.page_cache_bytes as f64 / MIB,
             loaded.checksum
         );
     }
@@ -222,6 +228,7 @@ async fn load_async(
         seconds,
         checksum,
         peak_memory: stats.peak_memory,
+        page_cache_bytes: stats.page_cache_bytes,
         rss_before,
         peak_rss: rss_field("VmHWM")?,
     })
