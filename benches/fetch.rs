@@ -4,6 +4,7 @@
 //!
 //! Run with `cargo bench --bench fetch`.
 
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -49,6 +50,13 @@ fn fetch(c: &mut Criterion) {
     group.bench_function("bare DashMap::get + Arc::clone", |b| {
         b.iter(|| Arc::clone(&*bare.get(&3).unwrap()))
     });
+    // The same map with the multiplicative hash the cache uses for layer
+    // indices instead of SipHash, to show what the hasher alone is worth.
+    let fast: DashMap<usize, Arc<Vec<u8>>, BuildHasherDefault<Fibonacci>> = DashMap::default();
+    fast.insert(3, Arc::new(vec![0u8; 64 << 10]));
+    group.bench_function("bare DashMap (Fibonacci hash) ::get + Arc::clone", |b| {
+        b.iter(|| Arc::clone(&*fast.get(&3).unwrap()))
+    });
     group.bench_function("descriptor(i)", |b| b.iter(|| model.descriptor(3).unwrap()));
     group.finish();
 
@@ -63,6 +71,24 @@ fn fetch(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// A Fibonacci-multiply hasher for `usize` keys, as in `src/cache.rs`.
+#[derive(Default)]
+struct Fibonacci(u64);
+
+impl Hasher for Fibonacci {
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only usize keys")
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (self.0 ^ n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 criterion_group!(benches, fetch);
