@@ -18,24 +18,54 @@ on_all_backends!(
     one_cold_layer_awaited_by_a_thousand_tasks_is_read_once
 );
 
+/// Whether the filesystem takes `O_DIRECT` (not tmpfs).
+fn direct_io_works(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .is_ok()
+}
+
 fn long() -> bool {
     std::env::var_os("HYPERION_LONG").is_some()
 }
 
 async fn random_operations_from_many_tasks_stay_within_budget_and_exact(backend: Backend) {
-    random_operations(backend, false).await
+    random_operations(backend, false, false).await
 }
 
 async fn the_same_with_adaptive_caching(backend: Backend) {
-    random_operations(backend, true).await
+    random_operations(backend, true, false).await
 }
 
-async fn random_operations(backend: Backend, adaptive: bool) {
+/// The same through `Backend::Auto` (io_uring here) over a file whose first
+/// half is in the page cache: layers there go to the pread engine, the rest
+/// to io_uring, and chunks found cached are copied from the cache, all at
+/// once from many tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_over_a_half_cached_file_stays_within_budget_and_exact() {
+    random_operations(Backend::Auto, true, true).await
+}
+
+async fn random_operations(backend: Backend, adaptive: bool, cache_first_half: bool) {
     let (tasks, ops) = if long() { (1000, 1000) } else { (1000, 100) };
     let layers = 96;
     let layer_size = 32 * KIB;
     let budget = 12 * layer_size; // the model is 8× the budget
     let m = Arc::new(TestModel::new(layers, layer_size));
+    if cache_first_half {
+        // Read it all (cached), then drop the second half's pages (reading
+        // only half would cache more through readahead).
+        use std::os::fd::AsRawFd;
+        let len = std::fs::read(&m.path).unwrap().len() as i64;
+        let file = std::fs::File::open(&m.path).unwrap();
+        // SAFETY: an open descriptor; the range lies inside the file.
+        let rc =
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), len / 2, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+    }
     let expected: Arc<Vec<Vec<u8>>> =
         Arc::new((0..layers).map(|i| m.spec.layer_bytes(i)).collect());
     let model = m
@@ -106,10 +136,22 @@ async fn random_operations(backend: Backend, adaptive: bool) {
     if backend == Backend::IoUring {
         assert!(s.pool_reuses > 0, "the pool was never used: {s:?}");
     }
+    if cache_first_half && direct_io_works(&m.path) {
+        assert!(
+            s.page_cache_bytes > 0,
+            "nothing came from the page cache: {s:?}"
+        );
+        assert!(
+            s.page_cache_bytes < s.bytes_read,
+            "everything came from the page cache: {s:?}"
+        );
+    }
     println!(
-        "{backend:?} (adaptive: {adaptive}): {} operations by {tasks} tasks, {} reads, {} evictions, {} MiB verified, peak {} of {budget}",
+        "{backend:?} (adaptive: {adaptive}): {} operations by {tasks} tasks, {} reads ({} of {} MiB from the page cache), {} evictions, {} MiB verified, peak {} of {budget}",
         tasks * ops,
         s.reads,
+        s.page_cache_bytes >> 20,
+        s.bytes_read >> 20,
         s.evictions,
         verified.load(Relaxed) >> 20,
         s.peak_memory
