@@ -8,18 +8,14 @@
 //! blocking thread per layer in flight, so both cores copy. Measured
 //! (`hyperion bench`, run 4 in docs/performance.md): a cached 2 GiB model
 //! through the io_uring engine 14,879 MB/s, through pread 17,191. So a layer
-//! whose every range looks cached (`Residency::cached`, sampled) goes to
-//! pread; any other to io_uring. A wrong guess costs speed, never bytes:
+//! whose every range looks cached (`PreadBackend::looks_cached`, sampled)
+//! goes to pread; any other to io_uring. A wrong guess costs speed, never bytes:
 //! either engine returns the same bytes and errors (`aligned`).
 //!
 //! Measured with this router (seven interleaved rounds of `POOLED=1 WARM=1
 //! examples/stream FILE 512 auto`, 2 GiB cached, default config): median
 //! 16,315 MB/s against 14,142 without it; cold unchanged (3,730 against
 //! 3,730 median, five rounds).
-
-use std::fs::File;
-use std::path::Path;
-use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
@@ -28,46 +24,19 @@ use super::uring::UringBackend;
 use super::ReadBackend;
 use crate::budget::Charge;
 use crate::config::Backend;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::index::LayerSpec;
-use crate::pagecache::Residency;
 use crate::verify::Verify;
 use crate::weights::LayerBytes;
 
 pub(crate) struct AutoBackend {
     disk: UringBackend,
     cache: PreadBackend,
-    /// Per model file; `None` where it cannot be mapped (then never "cached").
-    residency: Vec<Option<Residency>>,
 }
 
 impl AutoBackend {
-    pub(crate) fn new(
-        files: &[Arc<Path>],
-        disk: UringBackend,
-        cache: PreadBackend,
-    ) -> Result<Self> {
-        let residency = files
-            .iter()
-            .map(|path| {
-                let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
-                Ok(Residency::new(&file))
-            })
-            .collect::<Result<_>>()?;
-        Ok(AutoBackend {
-            disk,
-            cache,
-            residency,
-        })
-    }
-
-    /// Whether every range of the layer looks cached.
-    fn cached(&self, spec: &LayerSpec) -> bool {
-        spec.ranges.iter().all(|r| {
-            self.residency[r.file]
-                .as_ref()
-                .is_some_and(|res| res.cached(r.offset, r.len))
-        })
+    pub(crate) fn new(disk: UringBackend, cache: PreadBackend) -> Self {
+        AutoBackend { disk, cache }
     }
 }
 
@@ -84,7 +53,7 @@ impl ReadBackend for AutoBackend {
         charge: Charge,
         verify: Option<Verify>,
     ) -> BoxFuture<'static, Result<LayerBytes>> {
-        if self.cached(spec) {
+        if self.cache.looks_cached(spec) {
             self.cache.read(layer, spec, charge, verify)
         } else {
             self.disk.read(layer, spec, charge, verify)

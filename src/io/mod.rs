@@ -83,7 +83,7 @@ pub(crate) async fn open_backend(
         Backend::Auto if !config.direct_io => Ok(Arc::new(pread(faults)?)),
         // Layers in the page cache go to pread (io/auto.rs).
         Backend::Auto => match uring().await {
-            Ok(b) => Ok(Arc::new(auto::AutoBackend::new(files, b, pread(faults)?)?)),
+            Ok(b) => Ok(Arc::new(auto::AutoBackend::new(b, pread(faults)?))),
             Err(e @ Error::BackendUnavailable { .. }) => {
                 warn_fallback_once(&e);
                 Ok(Arc::new(pread(faults)?))

@@ -96,6 +96,20 @@ impl PreadBackend {
     }
 }
 
+impl PreadBackend {
+    /// Whether every range of the layer looks cached (sampled: see
+    /// `Residency::cached`); never for files read without `O_DIRECT`, which
+    /// keep no residency map.
+    pub(crate) fn looks_cached(&self, spec: &LayerSpec) -> bool {
+        spec.ranges.iter().all(|r| {
+            self.inner.files[r.file]
+                .residency
+                .as_ref()
+                .is_some_and(|res| res.cached(r.offset, r.len))
+        })
+    }
+}
+
 impl super::ReadBackend for PreadBackend {
     fn kind(&self) -> Backend {
         Backend::Pread
