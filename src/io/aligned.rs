@@ -318,16 +318,15 @@ pub(crate) fn judge(
 /// copy saw the file's bytes. (Layers with checksums would catch this as a
 /// mismatch; safetensors and GGUF layers have none.)
 pub(crate) fn confirm_not_truncated(
-    fd: std::os::fd::BorrowedFd<'_>,
+    file: &impl std::os::fd::AsRawFd,
     path: &Arc<Path>,
     layer: usize,
     chunk: &Chunk,
 ) -> Result<()> {
-    use std::os::fd::AsRawFd;
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `fd` is an open descriptor for the duration of the call and
-    // `st` is a writable `stat` that `fstat` fills on success.
-    let rc = unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) };
+    // SAFETY: `file` is borrowed, so its descriptor stays open for the call,
+    // and `st` is a writable `stat` that `fstat` fills on success.
+    let rc = unsafe { libc::fstat(file.as_raw_fd(), st.as_mut_ptr()) };
     if rc != 0 {
         return Err(Error::io(
             path,

@@ -282,8 +282,7 @@ impl Inner {
             }
         }
         if buffered {
-            use std::os::fd::AsFd;
-            aligned::confirm_not_truncated(file.buffered.as_fd(), &file.path, layer, chunk)?;
+            aligned::confirm_not_truncated(&file.buffered, &file.path, layer, chunk)?;
         }
         Ok(())
     }

@@ -42,7 +42,6 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
@@ -439,9 +438,7 @@ async fn read_chunk(ring: &Ring, buf: &Arc<AlignedBuf>, chunk: &Chunk, layer: us
         }
     }
     if buffered {
-        // SAFETY: the ring file owns this descriptor and outlives the borrow.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(file.buffered.as_raw_fd()) };
-        aligned::confirm_not_truncated(fd, &file.path, layer, chunk)?;
+        aligned::confirm_not_truncated(&file.buffered, &file.path, layer, chunk)?;
     }
     Ok(())
 }
