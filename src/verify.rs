@@ -28,57 +28,34 @@ impl Verify {
         bytes: LayerBytes,
         actual: u64,
     ) -> Result<LayerBytes> {
-        compare(&self.path, layer, bytes, self.expected, actual)
+        if actual == self.expected {
+            Ok(bytes)
+        } else {
+            Err(Error::ChecksumMismatch {
+                path: Arc::clone(&self.path),
+                layer,
+                expected: self.expected,
+                actual,
+            })
+        }
     }
 
     /// Hashes `bytes` (on a blocking thread when large) and compares.
     pub(crate) async fn check(&self, layer: usize, bytes: LayerBytes) -> Result<LayerBytes> {
-        check_layer(&self.path, layer, bytes, self.expected).await
-    }
-}
-
-/// Returns `bytes` if their xxh3-64 equals `expected`, else a
-/// [`Error::ChecksumMismatch`] (and the bytes are dropped).
-async fn check_layer(
-    path: &Arc<Path>,
-    layer: usize,
-    bytes: LayerBytes,
-    expected: u64,
-) -> Result<LayerBytes> {
-    let (bytes, actual) = if bytes.len < BLOCKING_THRESHOLD {
-        let h = crate::checksum::xxh3_64(bytes.as_slice());
-        (bytes, h)
-    } else {
-        tokio::task::spawn_blocking(move || {
+        let (bytes, actual) = if bytes.len < BLOCKING_THRESHOLD {
             let h = crate::checksum::xxh3_64(bytes.as_slice());
             (bytes, h)
-        })
-        .await
-        .map_err(|_| Error::Aborted {
-            path: Arc::clone(path),
-            layer,
-        })?
-    };
-    compare(path, layer, bytes, expected, actual)
-}
-
-/// Returns `bytes` if `actual`, their xxh3-64, equals `expected`, else a
-/// [`Error::ChecksumMismatch`] (and the bytes are dropped).
-fn compare(
-    path: &Arc<Path>,
-    layer: usize,
-    bytes: LayerBytes,
-    expected: u64,
-    actual: u64,
-) -> Result<LayerBytes> {
-    if actual == expected {
-        Ok(bytes)
-    } else {
-        Err(Error::ChecksumMismatch {
-            path: Arc::clone(path),
-            layer,
-            expected,
-            actual,
-        })
+        } else {
+            tokio::task::spawn_blocking(move || {
+                let h = crate::checksum::xxh3_64(bytes.as_slice());
+                (bytes, h)
+            })
+            .await
+            .map_err(|_| Error::Aborted {
+                path: Arc::clone(&self.path),
+                layer,
+            })?
+        };
+        self.compare(layer, bytes, actual)
     }
 }
