@@ -141,7 +141,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rt.block_on(stream(&path, config(false, false), layers))?;
         copy_into(&f, layer, layers, std::slice::from_mut(&mut warm_buf))?;
         for (k, verify) in [(3, true), (4, false)] {
-            let resident = resident_fraction(&f, file_bytes)?;
+            let resident = hyperion::pagecache::cached_fraction(&path)?;
             let v = rt.block_on(stream(&path, config(false, verify), layers))?;
             if resident < 0.999 {
                 eprintln!(
@@ -283,39 +283,6 @@ fn read_direct(path: &Path, buf: &mut AlignedBuf, file_bytes: u64) -> std::io::R
         off += n as u64;
     }
     Ok(off as f64 / 1e6 / t.elapsed().as_secs_f64())
-}
-
-/// The fraction of the file's pages in the page cache (`mincore`).
-fn resident_fraction(f: &File, len: u64) -> std::io::Result<f64> {
-    use std::os::fd::AsRawFd;
-    let len = len as usize;
-    // SAFETY: a read-only shared mapping of a file we hold open; it is only
-    // passed to `mincore` (never dereferenced) and unmapped below.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    if map == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    let pages = len.div_ceil(4096);
-    let mut vec = vec![0u8; pages];
-    // SAFETY: `map` is a live mapping of `len` bytes and `vec` has one byte
-    // per page of it, as `mincore` requires.
-    let rc = unsafe { libc::mincore(map, len, vec.as_mut_ptr()) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: `map`/`len` are exactly the mapping made above.
-    unsafe { libc::munmap(map, len) };
-    if rc != 0 {
-        return Err(err);
-    }
-    Ok(vec.iter().filter(|&&b| b & 1 == 1).count() as f64 / pages as f64)
 }
 
 /// A few counters of `/proc/vmstat` (for `PROBE_STATS`).

@@ -23,6 +23,18 @@ pub fn drop_cached_pages(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The fraction of the file at `path` that is in the page cache now, every
+/// page counted (`mincore(2)`; nothing is read or faulted in). For
+/// measurements that must know a read is warm. An empty file counts as
+/// wholly cached.
+pub fn cached_fraction(path: &Path) -> io::Result<f64> {
+    let file = File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(1.0);
+    }
+    Residency::map(&file)?.fraction()
+}
+
 /// Tells which parts of a file are in the page cache, so that a direct-I/O
 /// reader can copy those from memory instead of reading them from the disk
 /// again (an `O_DIRECT` read ignores cached pages and always goes to the
@@ -52,9 +64,14 @@ impl Residency {
     /// Maps `file` (its current length) for residency checks; `None` if it
     /// is empty or cannot be mapped (then every check says "not cached").
     pub(crate) fn new(file: &File) -> Option<Self> {
-        let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+        Self::map(file).ok()
+    }
+
+    fn map(file: &File) -> io::Result<Self> {
+        let len = usize::try_from(file.metadata()?.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file too large to map"))?;
         if len == 0 {
-            return None;
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty file"));
         }
         // SAFETY: a read-only shared mapping of an open file with no address
         // hint; the result is checked against MAP_FAILED. It is never
@@ -70,12 +87,26 @@ impl Residency {
             )
         };
         if map == libc::MAP_FAILED {
-            return None;
+            return Err(io::Error::last_os_error());
         }
-        Some(Residency {
-            map: std::ptr::NonNull::new(map)?,
+        Ok(Residency {
+            map: std::ptr::NonNull::new(map).ok_or_else(io::Error::last_os_error)?,
             len,
         })
+    }
+
+    /// The fraction of the mapped length whose pages are cached, every page
+    /// counted.
+    fn fraction(&self) -> io::Result<f64> {
+        let pages = self.len.div_ceil(PAGE as usize);
+        let mut vec = vec![0u8; pages];
+        // SAFETY: the range is exactly our live mapping, and `vec` has one
+        // byte per page of it, as `mincore` requires. Nothing is dereferenced.
+        let rc = unsafe { libc::mincore(self.map.as_ptr(), self.len, vec.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(vec.iter().filter(|&&b| b & 1 == 1).count() as f64 / pages as f64)
     }
 
     /// Whether the `len` bytes at `offset` look cached: their first, middle
@@ -148,9 +179,11 @@ mod tests {
         assert!(!r.cached(0, (1 << 20) + 1), "past the end is never cached");
         assert!(!r.cached(u64::MAX - 1, 2), "overflow is not cached");
         assert!(!r.cached(0, 0));
+        assert_eq!(cached_fraction(&path).unwrap(), 1.0);
         if dropped {
             drop_cached_pages(&path).unwrap();
             assert!(!r.cached(0, 1 << 20));
+            assert_eq!(cached_fraction(&path).unwrap(), 0.0);
         }
         // Truncating the file under the mapping is harmless.
         std::fs::File::create(&path).unwrap();
@@ -163,5 +196,7 @@ mod tests {
         let path = dir.path().join("empty");
         File::create(&path).unwrap();
         assert!(Residency::new(&File::open(&path).unwrap()).is_none());
+        assert_eq!(cached_fraction(&path).unwrap(), 1.0);
+        assert!(cached_fraction(&dir.path().join("missing")).is_err());
     }
 }
