@@ -117,12 +117,7 @@ async fn dropping_fetches_anywhere_leaks_nothing(backend: Backend) {
             m.check(i, &w);
         }
         assert!(model.stats().peak_memory <= budget, "seed {seed}");
-        let watcher = model.clone();
-        model.close();
-        eventually("memory returns to zero after close", || {
-            watcher.memory_usage() == 0
-        })
-        .await;
+        common::close_and_expect_freed(model).await;
     }
 }
 
@@ -246,10 +241,5 @@ async fn drop_one_fetch(
             .unwrap_or_else(|e| panic!("{case}: {e}"));
         m.check(1, &w);
     }
-    let watcher = model.clone();
-    model.close();
-    eventually("memory returns to zero after close", || {
-        watcher.memory_usage() == 0
-    })
-    .await;
+    common::close_and_expect_freed(model).await;
 }

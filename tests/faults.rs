@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{config, eventually, TestModel, KIB};
+use common::{config, TestModel, KIB};
 use hyperion::faults::FaultPlan;
 use hyperion::{Backend, Error, MappedModel, MmapConfig};
 
@@ -56,15 +56,9 @@ async fn run(backend: Backend, plan: FaultPlan, chunk: u64) -> (usize, usize, Ar
             }
         }
     }
-    let watcher = model.clone();
-    model.close();
     // Buffers of failed reads, some dropped on the ring thread when the
     // kernel completes their last request, are freed too: none stays pooled.
-    eventually("memory returns to zero", || {
-        let s = watcher.stats();
-        s.memory_usage == 0 && s.pool_idle_bytes == 0
-    })
-    .await;
+    common::close_and_expect_freed(model).await;
     println!(
         "{backend:?}: {} faults injected; {ok} fetches exact, {failed} typed errors",
         plan.injected()
@@ -206,13 +200,7 @@ async fn a_reused_buffer_whose_read_fails_midway_exposes_no_stale_bytes() {
     assert!(s.pool_reuses >= 30, "buffers were not reused: {s:?}");
     assert!(ok > 0 && failed > 0, "{ok} exact, {failed} failed");
     assert!(s.memory_usage + s.pool_idle_bytes <= 2 * 100 * KIB);
-    let watcher = model.clone();
-    model.close();
-    eventually("memory returns to zero", || {
-        let s = watcher.stats();
-        s.memory_usage == 0 && s.pool_idle_bytes == 0
-    })
-    .await;
+    common::close_and_expect_freed(model).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -156,13 +156,7 @@ async fn random_operations(backend: Backend, adaptive: bool, cache_first_half: b
         verified.load(Relaxed) >> 20,
         s.peak_memory
     );
-    let watcher = model.clone();
-    model.close();
-    eventually("memory returns to zero after close", || {
-        let s = watcher.stats();
-        s.memory_usage == 0 && s.pool_idle_bytes == 0
-    })
-    .await;
+    common::close_and_expect_freed(model).await;
 }
 
 async fn one_cold_layer_awaited_by_a_thousand_tasks_is_read_once(backend: Backend) {

@@ -161,11 +161,7 @@ async fn budget_holds_under_concurrent_random_operations(backend: Backend) {
         s.peak_memory
     );
     assert!(s.evictions > 0, "the test must actually exercise eviction");
-    model.clone().close();
-    eventually("memory returns to zero after close", || {
-        model.memory_usage() == 0
-    })
-    .await;
+    common::close_and_expect_freed(model).await;
 }
 
 async fn eviction_takes_lowest_priority_then_least_recently_used(backend: Backend) {

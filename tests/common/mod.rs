@@ -126,6 +126,18 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
+/// Closes `model` and waits until all its layer memory, live and idle in
+/// the pool, is freed (buffers of reads still in flight go when they land).
+pub async fn close_and_expect_freed(model: MappedModel) {
+    let watcher = model.clone();
+    model.close();
+    eventually("memory returns to zero after close", || {
+        let s = watcher.stats();
+        s.memory_usage == 0 && s.pool_idle_bytes == 0
+    })
+    .await;
+}
+
 /// Every engine a model can be opened with explicitly, for tests that loop.
 pub const ALL_BACKENDS: [Backend; 3] = [Backend::IoUring, Backend::Pread, Backend::Mmap];
 
