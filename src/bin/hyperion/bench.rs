@@ -455,35 +455,29 @@ fn measure(
             "the same with verify_checksums: false (the work the ceiling reader does)",
         ),
     ];
-    let mut streams = Vec::new();
-    for (name, verify, notes) in open_cold {
-        let config = MmapConfig {
-            verify_checksums: verify,
-            ..plan.config(Backend::IoUring, true)
-        };
-        let model = rt.block_on(open_with_full_pool(path, config, &sequential))?;
-        streams.push((Measurement::new(name, notes), model));
-    }
+    let mut streams = OpenStreams::open(
+        rt,
+        path,
+        &sequential,
+        open_cold.map(|(name, verify, notes)| {
+            let config = MmapConfig {
+                verify_checksums: verify,
+                ..plan.config(Backend::IoUring, true)
+            };
+            (name, config, notes)
+        }),
+    )?;
     let mut buf = huge_buffer(DIRECT_CHUNK)?;
     for _ in 0..reps {
         drop_cache(path)?;
         let v = read_direct(path, &mut buf, file_bytes)?;
         report.check_cold(ceiling.name, v);
         ceiling.runs.push(v);
-        for (m, model) in &mut streams {
-            let v = rt.block_on(timed_pass(model, path, &sequential, Pages::Dropped))?;
-            report.check_cold(m.name, v);
-            m.runs.push(v);
-        }
+        streams.round(rt, path, Pages::Dropped, report)?;
     }
     drop(buf);
     report.push(ceiling);
-    for (mut m, model) in streams {
-        m.extra
-            .insert("backend".into(), json!(model.backend().name()));
-        model.close();
-        report.push(m);
-    }
+    streams.finish(report);
 
     let mut m = Measurement::new("ceiling_buffered", "plain read(), 8 MiB buffer, cold");
     for _ in 0..reps {
@@ -523,15 +517,13 @@ fn measure(
             "buffered io_uring, for comparison",
         ),
     ];
-    let mut streams = Vec::new();
-    for (name, backend, direct, notes) in warm_streams {
-        let model = rt.block_on(open_with_full_pool(
-            path,
-            plan.config(backend, direct),
-            &sequential,
-        ))?;
-        streams.push((Measurement::new(name, notes), model));
-    }
+    let mut streams = OpenStreams::open(
+        rt,
+        path,
+        &sequential,
+        warm_streams
+            .map(|(name, backend, direct, notes)| (name, plan.config(backend, direct), notes)),
+    )?;
     {
         let src = vec![0x5au8; MEMCPY_BYTES];
         let mut dst = vec![0u8; MEMCPY_BYTES];
@@ -541,19 +533,11 @@ fn measure(
             dst.copy_from_slice(std::hint::black_box(&src));
             std::hint::black_box(&mut dst);
             memcpy.runs.push(mb_s(MEMCPY_BYTES as u64, t.elapsed()));
-            for (m, model) in &mut streams {
-                m.runs
-                    .push(rt.block_on(timed_pass(model, path, &sequential, Pages::Kept))?);
-            }
+            streams.round(rt, path, Pages::Kept, report)?;
         }
     }
     report.push(memcpy);
-    for (mut m, model) in streams {
-        m.extra
-            .insert("backend".into(), json!(model.backend().name()));
-        model.close();
-        report.push(m);
-    }
+    streams.finish(report);
 
     // Cold, one freshly opened model per pass: its first budget of layer
     // buffers is new memory (docs/performance.md, "Fresh memory").
@@ -757,20 +741,70 @@ enum Pages {
     Kept,
 }
 
-/// Opens the model and streams `order` once, untimed, so that its buffer
-/// pool holds a budget of buffers: the steady state of a process that keeps
-/// a model open. (A new model's first budget of buffers is new memory,
-/// whose first touch costs more than the read on these VMs, and
-/// erratically: docs/performance.md, "Fresh memory".)
-async fn open_with_full_pool(
-    path: &Path,
-    config: MmapConfig,
-    order: &[usize],
-) -> anyhow::Result<MappedModel> {
-    let lookahead = Some(config.prefetch_threads);
-    let model = MappedModel::open(path, config).await?;
-    stream_bytes(&model, order.to_vec(), lookahead).await?;
-    Ok(model)
+/// Rows measured on open models, one timed pass each per round, in the
+/// same rounds as the figure they are compared with (see `measure`).
+struct OpenStreams<'a> {
+    rows: Vec<(Measurement, MappedModel)>,
+    order: &'a [usize],
+}
+
+impl<'a> OpenStreams<'a> {
+    /// Opens one model per row (name, config, notes) and streams `order`
+    /// once on each, untimed, so that its buffer pool holds a budget of
+    /// buffers: the steady state of a process that keeps a model open. (A new
+    /// model's first budget of buffers is new memory, whose first touch
+    /// costs more than the read on these VMs, and erratically:
+    /// docs/performance.md, "Fresh memory".)
+    fn open(
+        rt: &tokio::runtime::Runtime,
+        path: &Path,
+        order: &'a [usize],
+        rows: impl IntoIterator<Item = (&'static str, MmapConfig, &'static str)>,
+    ) -> anyhow::Result<Self> {
+        let mut opened = Vec::new();
+        for (name, config, notes) in rows {
+            let lookahead = Some(config.prefetch_threads);
+            let model = rt.block_on(async {
+                let model = MappedModel::open(path, config).await?;
+                stream_bytes(&model, order.to_vec(), lookahead).await?;
+                anyhow::Ok(model)
+            })?;
+            opened.push((Measurement::new(name, notes), model));
+        }
+        Ok(OpenStreams {
+            rows: opened,
+            order,
+        })
+    }
+
+    /// One round: a [`timed_pass`] on each model in turn; with
+    /// `Pages::Dropped` each figure is checked as a cold read.
+    fn round(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        path: &Path,
+        pages: Pages,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        for (m, model) in &mut self.rows {
+            let v = rt.block_on(timed_pass(model, path, self.order, pages))?;
+            if pages == Pages::Dropped {
+                report.check_cold(m.name, v);
+            }
+            m.runs.push(v);
+        }
+        Ok(())
+    }
+
+    /// Records each row's engine, closes its model and reports the row.
+    fn finish(self, report: &mut Report) {
+        for (mut m, model) in self.rows {
+            m.extra
+                .insert("backend".into(), json!(model.backend().name()));
+            model.close();
+            report.push(m);
+        }
+    }
 }
 
 /// One timed pass over `order` on an open model, lookahead
