@@ -508,7 +508,7 @@ fn measure(
             "stream_warm_default",
             Backend::Auto,
             true,
-            "the default config (direct_io: true): cached chunks are copied from the page cache",
+            "the default config (direct_io: true): layers found in the page cache are read by the pread engine (io/auto.rs)",
         ),
         (
             "stream_warm_io_uring",
