@@ -8,6 +8,7 @@
 //! Tuning knobs, for measuring the defaults: `CHUNK_MIB` or `CHUNK_KIB` (read_chunk_size),
 //! `DEPTH` (reads_in_flight), `PREFETCH` (prefetch_threads, also the
 //! lookahead), `DIRECT=0` (buffered reads), `VERIFY=0` (no checksums),
+//! `PASSES=N` (N timed passes on the one model, reset between them),
 //! `POOLED=1` (an untimed pass first, so the timed one reads into the
 //! buffer pool rather than fresh memory).
 
@@ -31,7 +32,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
     // WARM=1 keeps the file's pages cached (use with DIRECT=0 for a warm read).
-    if env("WARM") != Some(1) {
+    let warm = env("WARM") == Some(1);
+    if !warm {
         hyperion::pagecache::drop_cached_pages(path.as_ref())?;
     }
     let defaults = MmapConfig::default();
@@ -50,27 +52,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let lookahead = config.prefetch_threads;
     let model = MappedModel::open(&path, config).await?;
-    if env("POOLED") == Some(1) {
-        stream(&model, lookahead).await?;
+    // Every layer released (its buffer pooled) and, unless WARM, the file's
+    // pages dropped: the next pass reads everything again, as the first.
+    let reset = |model: &MappedModel| -> Result<(), Box<dyn std::error::Error>> {
         for i in 0..model.layer_count() {
             model.release(i)?;
         }
-        if env("WARM") != Some(1) {
+        if !warm {
             hyperion::pagecache::drop_cached_pages(path.as_ref())?;
         }
+        Ok(())
+    };
+    if env("POOLED") == Some(1) {
+        stream(&model, lookahead).await?;
+        reset(&model)?;
     }
-    // `PASSES=N`: N timed passes (every layer released between them).
+    // `PASSES=N`: N timed passes; all but the last print a short line.
     for _ in 1..env("PASSES").unwrap_or(1) {
-        for i in 0..model.layer_count() {
-            model.release(i)?;
-        }
         let start = Instant::now();
         let bytes = stream(&model, lookahead).await?;
         let secs = start.elapsed().as_secs_f64();
         println!("pass: {:.0} MB/s", bytes as f64 / 1e6 / secs);
-        for i in 0..model.layer_count() {
-            model.release(i)?;
-        }
+        reset(&model)?;
     }
     let start = Instant::now();
     let bytes = stream(&model, lookahead).await?;
