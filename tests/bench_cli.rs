@@ -4,8 +4,9 @@
 //! files report the same checksum, peak RSS and budget, and bad input is a
 //! one-line error.
 
+mod common;
+
 use std::collections::HashMap;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -153,11 +154,7 @@ fn load_whole_and_streaming_report_the_same_bytes() {
     assert_eq!(whole["page_cache_bytes"], 0);
     std::fs::read(&path).unwrap();
     let cached = succeed_json(&["load", "--json"], &path);
-    let direct = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&path)
-        .is_ok();
+    let direct = common::direct_io_works(&path);
     let from_cache = cached["page_cache_bytes"].as_u64().unwrap();
     if direct {
         assert!(from_cache >= 8 << 20, "{cached}");

@@ -18,16 +18,6 @@ on_all_backends!(
     one_cold_layer_awaited_by_a_thousand_tasks_is_read_once
 );
 
-/// Whether the filesystem takes `O_DIRECT` (not tmpfs).
-fn direct_io_works(path: &std::path::Path) -> bool {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .is_ok()
-}
-
 fn long() -> bool {
     std::env::var_os("HYPERION_LONG").is_some()
 }
@@ -136,7 +126,7 @@ async fn random_operations(backend: Backend, adaptive: bool, cache_first_half: b
     if backend == Backend::IoUring {
         assert!(s.pool_reuses > 0, "the pool was never used: {s:?}");
     }
-    if cache_first_half && direct_io_works(&m.path) {
+    if cache_first_half && common::direct_io_works(&m.path) {
         assert!(
             s.page_cache_bytes > 0,
             "nothing came from the page cache: {s:?}"

@@ -746,16 +746,10 @@ async fn auto_reads_through_the_page_cache_with_pread() {
 /// cache); the bytes are the same either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_reads_copy_cached_chunks_from_the_page_cache() {
-    use std::os::unix::fs::OpenOptionsExt;
     for backend in [Backend::IoUring, Backend::Pread, Backend::Auto] {
         let layer = 1 << 20;
         let m = TestModel::new(4, layer);
-        // Filesystems without O_DIRECT (tmpfs) read everything buffered.
-        let direct = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&m.path)
-            .is_ok();
+        let direct = common::direct_io_works(&m.path);
         let model = m.open(config(backend, 16 << 20)).await;
         for i in 0..2 {
             m.check(i, &model.layer(i).await.unwrap());

@@ -126,6 +126,17 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
+/// Whether the filesystem of `path` takes `O_DIRECT` (tmpfs does not; there
+/// every read is buffered).
+pub fn direct_io_works(path: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .is_ok()
+}
+
 /// Closes `model` and waits until all its layer memory, live and idle in
 /// the pool, is freed (buffers of reads still in flight go when they land).
 pub async fn close_and_expect_freed(model: MappedModel) {
