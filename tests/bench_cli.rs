@@ -127,14 +127,8 @@ fn bench_quick_json_reports_every_figure() {
 
 #[test]
 fn load_whole_and_streaming_report_the_same_bytes() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let path = dir.path().join("m.tmai");
-    let spec = hyperion::synth::SynthSpec {
-        layers: 8,
-        layer_size: 1 << 20,
-        ..Default::default()
-    };
-    hyperion::synth::write(&path, &spec).unwrap();
+    let m = common::TestModel::new(8, 1 << 20);
+    let (path, spec) = (m.path.clone(), &m.spec);
     let expected = (0..spec.layers).fold(0u64, |s, i| s.wrapping_add(touch(&spec.layer_bytes(i))));
 
     let whole = succeed_json(&["load", "--json", "--cold"], &path);
@@ -221,14 +215,8 @@ fn load_reads_safetensors_tensor_by_tensor() {
 
 #[test]
 fn load_refuses_bad_input_with_one_line() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let path = dir.path().join("m.tmai");
-    let spec = hyperion::synth::SynthSpec {
-        layers: 2,
-        layer_size: 1 << 20,
-        ..Default::default()
-    };
-    hyperion::synth::write(&path, &spec).unwrap();
+    let m = common::TestModel::new(2, 1 << 20);
+    let (dir, path) = (&m.dir, m.path.clone());
     let garbage = dir.path().join("garbage.safetensors");
     std::fs::write(&garbage, b"not a model at all").unwrap();
     for (args, file, says) in [
