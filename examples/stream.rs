@@ -104,7 +104,7 @@ async fn stream(model: &MappedModel, lookahead: usize) -> hyperion::Result<u64> 
     }
     for i in 0..model.layer_count() {
         for ahead in i + 1..(i + 1 + lookahead).min(model.layer_count()) {
-            model.prefetch(ahead);
+            let _ = model.prefetch(ahead);
         }
         bytes += model.layer(i).await?.len() as u64;
     }

@@ -5,7 +5,7 @@
 #
 #   header-*      the header compiles as C99, C11 and C++11 with -Werror, and a
 #                 C++ program links against it (extern "C")
-#   layout        the structs' field types, sizes and offsets (examples/c/layout.c)
+#   layout        the structs' field types, sizes and offsets ($capi/examples/c/layout.c)
 #   drift         the header declares exactly the functions the library exports
 #   spec-*        the spec's usage example, verbatim, dynamic and static, run on a
 #                 24 x 8 MiB model with its exact expected output
@@ -65,10 +65,12 @@ need gcc gcc && need g++ g++ && need pkg-config pkg-config && need valgrind valg
 
 CC=${CC:-gcc}
 CXX=${CXX:-g++}
-target=${CARGO_TARGET_DIR:-$root/target}/release
+. "$root/scripts/target-dir.sh"
+target=$target_dir/release
 prefix=$work/prefix
 export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
-header=include/hyperion/utils/mmap_loader.h
+capi=hyperion-capi
+header=$capi/include/hyperion/utils/mmap_loader.h
 warn=(-Wall -Wextra -Wpedantic -Werror)
 
 run build cargo build --release
@@ -108,7 +110,7 @@ CPP
 run header-c++ header_cxx
 
 layout() {
-    "$CC" -std=c11 "${warn[@]}" examples/c/layout.c $cflags $libs -o "$work/layout" && "$work/layout"
+    "$CC" -std=c11 "${warn[@]}" $capi/examples/c/layout.c $cflags $libs -o "$work/layout" && "$work/layout"
 }
 run layout layout
 
@@ -118,14 +120,14 @@ drift() {
     # against the library's exports.
     "$CC" -E -P $cflags -x c "$header" | grep -oE '\bhyperion[A-Za-z0-9_]*[[:space:]]*\(' \
         | tr -d '( \t' | sort -u >"$work/declared"
-    nm -D --defined-only "$target/libhyperion.so" | awk '$2 == "T" && $3 ~ /^hyperion/ { print $3 }' \
+    nm -D --defined-only "$target/libhyperion_capi.so" | awk '$2 == "T" && $3 ~ /^hyperion/ { print $3 }' \
         | sort -u >"$work/exported"
     if ! diff -u "$work/declared" "$work/exported"; then
         echo "drift: header declarations (-) and library exports (+) differ"
         return 1
     fi
     # The static library defines the same functions.
-    nm --defined-only "$target/libhyperion.a" 2>/dev/null | awk '$2 == "T" && $3 ~ /^hyperion/ { print $3 }' \
+    nm --defined-only "$target/libhyperion_capi.a" 2>/dev/null | awk '$2 == "T" && $3 ~ /^hyperion/ { print $3 }' \
         | sort -u | diff -u "$work/exported" - || return 1
     echo "drift: $(wc -l <"$work/exported") functions declared and exported, none missing or extra"
 }
@@ -134,13 +136,11 @@ run drift drift
 # --- the spec's example -----------------------------------------------------
 
 spec_verbatim() {
-    local spec=${HYPERION_SPEC:-$root/../shared/spec/mmap_loader.md}
-    if [ ! -f "$spec" ]; then
-        echo "spec not found at $spec (set HYPERION_SPEC); not compared"
-        return 0
-    fi
-    awk '/^## Usage Example/ { f = 1; next } f && /^```c/ { c = 1; next } c && /^```/ { exit } c' \
-        "$spec" | diff -u - examples/c/spec_example.c && echo "examples/c/spec_example.c is the spec's example verbatim"
+    # docs/api.md, the API reference, carries the usage example that every
+    # C user starts from; examples/c/spec_example.c must be it, byte for byte.
+    awk '/^## Usage example/ { f = 1; next } f && /^```c/ { c = 1; next } c && /^```/ { exit } c' \
+        docs/api.md | diff -u - $capi/examples/c/spec_example.c || return 1
+    echo "$capi/examples/c/spec_example.c is docs/api.md's usage example verbatim"
 }
 run spec-verbatim spec_verbatim
 
@@ -159,13 +159,13 @@ spec_run() {
 }
 spec_dynamic() {
     # Exactly as a user would: the example unmodified, pkg-config's flags.
-    "$CC" examples/c/spec_example.c $cflags $libs -o "$work/spec_example" || return 1
+    "$CC" $capi/examples/c/spec_example.c $cflags $libs -o "$work/spec_example" || return 1
     readelf -d "$work/spec_example" | grep -q 'NEEDED.*libhyperion\.so' || return 1
     spec_run "$work/spec_example" dynamic
 }
 run spec-example spec_dynamic
 spec_static() {
-    "$CC" examples/c/spec_example.c $cflags $static_libs -o "$work/spec_example_static" || return 1
+    "$CC" $capi/examples/c/spec_example.c $cflags $static_libs -o "$work/spec_example_static" || return 1
     if readelf -d "$work/spec_example_static" | grep -q 'NEEDED.*libhyperion'; then
         echo "linked dynamically, not against libhyperion.a"
         return 1
@@ -177,10 +177,10 @@ run spec-example-static spec_static
 # --- the test programs ------------------------------------------------------
 
 run model-32x256KiB "$target/hyperion" synth --layers 32 --layer-size 262144 "$work/small.tmai"
-build_test() { # OUT SOURCE FLAGS...: builds examples/c/SOURCE.c into $work/OUT
+build_test() { # OUT SOURCE FLAGS...: builds $capi/examples/c/SOURCE.c into $work/OUT
     local out=$1 src=$2
     shift 2
-    "$CC" -std=c11 "${warn[@]}" -O1 -g "examples/c/$src.c" "$@" -lpthread -lm -o "$work/$out"
+    "$CC" -std=c11 "${warn[@]}" -O1 -g "$capi/examples/c/$src.c" "$@" -lpthread -lm -o "$work/$out"
 }
 in_work() { (cd "$work" && "$@"); }
 
@@ -199,7 +199,7 @@ run asan-null_and_range asan_null
 asan_stress() { build_test asan_stress stress "${asan[@]}" $cflags $static_libs && in_work ./asan_stress small.tmai 8 2000; }
 run asan-stress asan_stress
 asan_spec() {
-    "$CC" "${asan[@]}" -g examples/c/spec_example.c $cflags $static_libs -o "$work/asan_spec_example" || return 1
+    "$CC" "${asan[@]}" -g $capi/examples/c/spec_example.c $cflags $static_libs -o "$work/asan_spec_example" || return 1
     spec_run "$work/asan_spec_example" asan
 }
 run asan-spec-example asan_spec

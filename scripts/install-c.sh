@@ -24,16 +24,18 @@ prefix=${prefix%/}
 libdir=${LIBDIR:-$prefix/lib}
 includedir=${INCLUDEDIR:-$prefix/include}
 destdir=${DESTDIR:-}
-target=${CARGO_TARGET_DIR:-$root/target}/release
+. "$root/scripts/target-dir.sh"
+target=$target_dir/release
 
 if [ "${HYPERION_SKIP_BUILD:-0}" != 1 ]; then
-    cargo build --release --lib
+    cargo build --release -p hyperion-capi
 fi
-for f in libhyperion.so libhyperion.a; do
+# The crate builds them as libhyperion_capi.*; they are installed as libhyperion.*.
+for f in libhyperion_capi.so libhyperion_capi.a; do
     [ -f "$target/$f" ] || { echo "install-c: $target/$f is missing (build failed?)" >&2; exit 1; }
 done
 
-version=$(sed -n 's/^version *= *"\([^"]*\)".*/\1/p' Cargo.toml | head -n1)
+version=$(sed -n 's/^version *= *"\([^"]*\)".*/\1/p' Cargo.toml | head -n1)  # [workspace.package]
 major=${version%%.*}
 minor=${version#*.}; minor=${minor%%.*}
 # The soname build.rs gives the library: major.minor before 1.0, else major.
@@ -56,11 +58,11 @@ case $libdir in "$prefix"/*) pc_libdir='${prefix}'${libdir#"$prefix"} ;; esac
 case $includedir in "$prefix"/*) pc_includedir='${prefix}'${includedir#"$prefix"} ;; esac
 
 install -d "$destdir$includedir/hyperion/utils" "$destdir$libdir/pkgconfig"
-install -m 644 include/hyperion/utils/mmap_loader.h "$destdir$includedir/hyperion/utils/"
-install -m 755 "$target/libhyperion.so" "$destdir$libdir/libhyperion.so.$version"
+install -m 644 hyperion-capi/include/hyperion/utils/mmap_loader.h "$destdir$includedir/hyperion/utils/"
+install -m 755 "$target/libhyperion_capi.so" "$destdir$libdir/libhyperion.so.$version"
 ln -sf "libhyperion.so.$version" "$destdir$libdir/libhyperion.so.$abi"
 ln -sf "libhyperion.so.$abi" "$destdir$libdir/libhyperion.so"
-install -m 644 "$target/libhyperion.a" "$destdir$libdir/libhyperion.a"
+install -m 644 "$target/libhyperion_capi.a" "$destdir$libdir/libhyperion.a"
 cat > "$destdir$libdir/pkgconfig/hyperion.pc" <<PC
 prefix=$prefix
 libdir=$pc_libdir

@@ -131,6 +131,21 @@ pub enum Error {
     /// A configuration value or argument is invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// [`prefetch`](crate::MappedModel::prefetch) was called on a model opened
+    /// with `prefetch_enabled = false`.
+    #[error("{}: prefetching is disabled (prefetch_enabled is false)", path.display())]
+    PrefetchDisabled {
+        /// The file concerned.
+        path: Arc<Path>,
+    },
+    /// No tensor of the model has this name.
+    #[error("{}: no tensor is named {name:?}", path.display())]
+    TensorNotFound {
+        /// The file concerned.
+        path: Arc<Path>,
+        /// The name looked up.
+        name: String,
+    },
     /// A read was abandoned before it finished (its runtime shut down).
     #[error("{}: layer {layer}: the read was abandoned before it finished (runtime shutting down?)", path.display())]
     Aborted {

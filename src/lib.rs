@@ -13,7 +13,6 @@ pub mod error;
 pub mod faults;
 #[cfg(not(feature = "fault-injection"))]
 mod faults;
-pub mod ffi;
 pub mod format;
 mod ggml;
 pub mod index;
@@ -30,6 +29,6 @@ pub use config::{Backend, MmapConfig};
 pub use dtype::{DType, GgmlType};
 pub use error::{Error, FormatError, Result};
 pub use index::{FileFormat, FileRange, LayerSpec, ModelIndex, TensorSpec};
-pub use model::{LayerDescriptor, LayerFetch, MappedModel, ReadGate, DEFAULT_PRIORITY};
+pub use model::{LayerDescriptor, LayerFetch, MappedModel, Prefetch, ReadGate, DEFAULT_PRIORITY};
 pub use stats::Stats;
 pub use weights::{LayerWeights, TensorView};

@@ -52,7 +52,7 @@ pub const DEFAULT_PRIORITY: f32 = 0.0;
 /// let model = MappedModel::open(&path, config).await?;
 /// for i in 0..model.layer_count() {
 ///     for ahead in i + 1..(i + 3).min(model.layer_count()) {
-///         model.prefetch(ahead);
+///         let _ = model.prefetch(ahead);
 ///     }
 ///     let weights = model.layer(i).await?;
 ///     assert_eq!(weights.len() as u64, model.descriptor(i)?.size);
@@ -100,6 +100,17 @@ impl LayerMeta {
     pub(crate) fn priority(&self) -> f32 {
         f32::from_bits(self.priority.load(Relaxed))
     }
+}
+
+/// What [`MappedModel::prefetch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Prefetch {
+    /// The layer was cached or being read already: nothing new was started.
+    Present,
+    /// A read was queued: it starts when one of the `prefetch_threads`
+    /// permits is free, if memory allows then.
+    Queued,
 }
 
 /// A layer's descriptor: the spec's `HyperionLayerDescriptor`, as of the call.
@@ -353,15 +364,46 @@ impl MappedModel {
     }
 
     /// Starts reading layer `layer` in the background, so that a later
-    /// [`layer`](Self::layer) hits. Returns whether the layer is cached, being
-    /// read, or queued to be read; false if prefetching is disabled, the index
-    /// is out of range, the model is closed, or the layer exceeds the budget.
+    /// [`layer`](Self::layer) hits, and says what it did: [`Prefetch::Present`]
+    /// if the layer is cached or being read already, [`Prefetch::Queued`] if
+    /// a read was queued.
     ///
     /// At most `prefetch_threads` prefetch reads run at once; the rest queue.
-    /// A prefetch never waits for memory and never evicts a layer with a
-    /// higher priority or one prefetched and not yet used: if it finds no room
-    /// it is dropped (counted in [`Stats::prefetch_skipped`]).
-    pub fn prefetch(&self, layer: usize) -> bool {
+    /// A queued prefetch never waits for memory and never evicts a layer with
+    /// a higher priority or one prefetched and not yet used: if it finds no
+    /// room when its turn comes it is dropped (counted in
+    /// [`Stats::prefetch_skipped`]), and a later fetch reads the layer.
+    ///
+    /// # Errors
+    /// [`Error::PrefetchDisabled`] when the model was opened with
+    /// `prefetch_enabled = false`, [`Error::LayerOutOfRange`],
+    /// [`Error::Closed`], [`Error::LayerTooLarge`] when the layer alone
+    /// exceeds `max_cache_size`. A prefetch that is refused is harmless: the
+    /// error only says why nothing was started.
+    ///
+    /// # Examples
+    ///
+    /// Reading the next two layers while this one is used:
+    ///
+    /// ```
+    /// # use hyperion::{synth, MappedModel, MmapConfig};
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> hyperion::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("model.tmai");
+    /// # synth::write(&path, &synth::SynthSpec { layers: 4, layer_size: 64 << 10, ..Default::default() })?;
+    /// let model = MappedModel::open(&path, MmapConfig::default()).await?;
+    /// for i in 0..model.layer_count() {
+    ///     for ahead in i + 1..(i + 3).min(model.layer_count()) {
+    ///         // Refused prefetches (out of memory, disabled) only cost a later miss.
+    ///         let _ = model.prefetch(ahead);
+    ///     }
+    ///     let weights = model.layer(i).await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn prefetch(&self, layer: usize) -> Result<Prefetch> {
         self.shared.prefetch(layer)
     }
 
@@ -466,7 +508,8 @@ impl MappedModel {
             async move {
                 let &layer = order.get(pos)?;
                 for &ahead in order.iter().skip(pos + 1).take(lookahead) {
-                    model.prefetch(ahead);
+                    // A refused prefetch is retried on the next step.
+                    let _ = model.prefetch(ahead);
                 }
                 let item = model.layer(layer).await;
                 Some((item, (model, pos + 1)))
@@ -711,15 +754,24 @@ impl Shared {
         (lookup, first_use)
     }
 
-    fn prefetch(self: &Arc<Self>, layer: usize) -> bool {
-        if !self.config.prefetch_enabled || self.check(layer).is_err() {
-            return false;
+    fn prefetch(self: &Arc<Self>, layer: usize) -> Result<Prefetch> {
+        if !self.config.prefetch_enabled {
+            return Err(Error::PrefetchDisabled {
+                path: Arc::clone(&self.path),
+            });
         }
+        self.check(layer)?;
         if self.cache.contains(layer) {
-            return true;
+            return Ok(Prefetch::Present);
         }
-        if self.footprint(layer) > self.budget.max() {
-            return false;
+        let needed = self.footprint(layer);
+        if needed > self.budget.max() {
+            return Err(Error::LayerTooLarge {
+                path: Arc::clone(&self.path),
+                layer,
+                needed,
+                budget: self.budget.max(),
+            });
         }
         if !self.prefetching.swap(true, Relaxed) {
             // The first prefetch: leave room outside the adaptive policy's
@@ -759,7 +811,7 @@ impl Shared {
             }
             .instrument(span),
         );
-        true
+        Ok(Prefetch::Queued)
     }
 
     /// Reserves memory for `layer`, evicting by policy. A fetch that finds

@@ -85,7 +85,7 @@ async fn dropping_fetches_anywhere_leaks_nothing(backend: Backend) {
                 // Let some reads complete, in whatever order they reach the gate.
                 8 => gate.open(rng.random_range(1..3)),
                 _ => {
-                    model.prefetch(rng.random_range(0..layers));
+                    let _ = model.prefetch(rng.random_range(0..layers));
                 }
             }
             if rng.random_bool(0.3) {

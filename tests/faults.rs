@@ -35,7 +35,7 @@ async fn run(backend: Backend, plan: FaultPlan, chunk: u64) -> (usize, usize, Ar
         // ever hold memory briefly.
         let fetches: Vec<_> = (0..LAYERS)
             .map(|i| {
-                model.prefetch((i + round) % LAYERS);
+                let _ = model.prefetch((i + round) % LAYERS);
                 let (model, expected) = (model.clone(), Arc::clone(&expected));
                 tokio::spawn(async move {
                     let w = model.layer(i).await?;

@@ -89,7 +89,7 @@ async fn random_operations(backend: Backend, adaptive: bool, cache_first_half: b
                         }
                     }
                     6 | 7 => {
-                        model.prefetch(i);
+                        let _ = model.prefetch(i);
                     }
                     8 => model.release(i).unwrap(),
                     _ => model.set_priority(i, rng.random_range(-2.0..2.0)).unwrap(),

@@ -142,7 +142,7 @@ async fn budget_holds_under_concurrent_random_operations(backend: Backend) {
                         }
                     }
                     6 | 7 => {
-                        model.prefetch(i);
+                        let _ = model.prefetch(i);
                     }
                     8 => model.release(i).unwrap(),
                     _ => model.set_priority(i, rng.random_range(-1.0..1.0)).unwrap(),
@@ -357,7 +357,7 @@ async fn prefetch_disabled_reads_nothing(backend: Backend) {
         })
         .await;
     for i in 0..4 {
-        assert!(!model.prefetch(i));
+        assert!(matches!(model.prefetch(i), Err(Error::PrefetchDisabled { .. })));
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     let s = model.stats();
@@ -376,7 +376,7 @@ async fn prefetches_in_flight_never_exceed_prefetch_threads(backend: Backend) {
     let gate = Gate::closed();
     gate.install(&model);
     for i in 0..12 {
-        assert!(model.prefetch(i));
+        assert!(model.prefetch(i).is_ok());
     }
     // Three reads reach the gate; the other nine wait for the semaphore.
     gate.wait_entered(3).await;
@@ -401,7 +401,7 @@ async fn prefetches_in_flight_never_exceed_prefetch_threads(backend: Backend) {
 async fn prefetch_makes_the_next_fetch_a_hit(backend: Backend) {
     let m = TestModel::new(3, 64 * KIB);
     let model = m.open(config(backend, 1 << 20)).await;
-    assert!(model.prefetch(2));
+    assert!(model.prefetch(2).is_ok());
     eventually("the prefetch lands", || model.descriptor(2).unwrap().cached).await;
     let w = model.layer(2).await.unwrap();
     m.check(2, &w);
@@ -412,8 +412,8 @@ async fn prefetch_makes_the_next_fetch_a_hit(backend: Backend) {
 async fn prefetch_never_evicts_an_unused_prefetch(backend: Backend) {
     let m = TestModel::new(6, 64 * KIB);
     let model = m.open(config(backend, 2 * 64 * KIB)).await;
-    assert!(model.prefetch(0));
-    assert!(model.prefetch(1));
+    assert!(model.prefetch(0).is_ok());
+    assert!(model.prefetch(1).is_ok());
     eventually("two prefetches land", || {
         model.stats().prefetch_issued == 2
             && model.descriptor(1).unwrap().cached
@@ -421,7 +421,7 @@ async fn prefetch_never_evicts_an_unused_prefetch(backend: Backend) {
     })
     .await;
     // No room, and both cached layers are unused prefetches: skipped.
-    assert!(model.prefetch(2));
+    assert!(model.prefetch(2).is_ok());
     eventually("the third prefetch is skipped", || {
         model.stats().prefetch_skipped == 1
     })
@@ -440,7 +440,10 @@ async fn a_layer_larger_than_the_budget_is_an_error(backend: Backend) {
         matches!(err, Error::LayerTooLarge { layer: 1, needed, budget, .. } if needed == 64 * KIB && budget == 60 * KIB),
         "{err}"
     );
-    assert!(!model.prefetch(1));
+    assert!(matches!(
+        model.prefetch(1),
+        Err(Error::LayerTooLarge { layer: 1, .. })
+    ));
     assert_eq!(model.memory_usage(), 0);
 }
 
@@ -465,12 +468,15 @@ async fn bad_indices_and_closed_models_are_errors(backend: Backend) {
         model.set_priority(0, f32::NAN),
         Err(Error::InvalidArgument(_))
     ));
-    assert!(!model.prefetch(2));
+    assert!(matches!(
+        model.prefetch(2),
+        Err(Error::LayerOutOfRange { layer: 2, .. })
+    ));
     let other = model.clone();
     model.close();
     assert!(matches!(other.layer(0).await, Err(Error::Closed { .. })));
     assert!(matches!(other.descriptor(0), Err(Error::Closed { .. })));
-    assert!(!other.prefetch(0));
+    assert!(matches!(other.prefetch(0), Err(Error::Closed { .. })));
     let msg = other.layer(0).await.unwrap_err().to_string();
     assert!(
         msg.contains("model.tmai") && msg.contains("closed"),
@@ -640,7 +646,7 @@ async fn a_fetch_joining_a_prefetch_counts_it_used(backend: Backend) {
     let model = m.open(config(backend, 2 * 64 * KIB)).await;
     let gate = Gate::closed();
     gate.install(&model);
-    assert!(model.prefetch(0));
+    assert!(model.prefetch(0).is_ok());
     gate.wait_entered(1).await;
     let fetch = tokio::spawn(model.layer(0));
     eventually("the fetch joins the read", || model.stats().coalesced == 1).await;
@@ -651,7 +657,7 @@ async fn a_fetch_joining_a_prefetch_counts_it_used(backend: Backend) {
     // Layer 0 is now an ordinary cached layer, least recently used: a
     // prefetch may evict it, and that is no waste.
     drop(model.layer(1).await.unwrap());
-    assert!(model.prefetch(2));
+    assert!(model.prefetch(2).is_ok());
     eventually("the prefetch lands", || model.descriptor(2).unwrap().cached).await;
     assert!(!model.descriptor(0).unwrap().cached && model.descriptor(1).unwrap().cached);
     assert_eq!(model.stats().prefetch_wasted, 0);
@@ -786,7 +792,7 @@ async fn works_on_a_current_thread_runtime() {
     let m = TestModel::new(3, 64 * KIB);
     let model = m.open(config(Backend::Auto, 1 << 20)).await;
     for i in 0..3 {
-        model.prefetch((i + 1) % 3);
+        let _ = model.prefetch((i + 1) % 3);
         m.check(i, &model.layer(i).await.unwrap());
     }
 }
@@ -856,7 +862,7 @@ fn a_model_opened_on_one_runtime_serves_another() {
         .build()
         .unwrap();
     user.block_on(async {
-        model.prefetch(1);
+        let _ = model.prefetch(1);
         m.check(0, &model.layer(0).await.unwrap());
         m.check(1, &model.layer(1).await.unwrap());
     });

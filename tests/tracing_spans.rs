@@ -46,7 +46,7 @@ fn open_fetch_prefetch_evict_and_release_have_spans() {
         let model: MappedModel = m.open(config(Backend::IoUring, 2 * 64 * KIB)).await;
         model.layer(0).await.unwrap();
         model.layer(0).await.unwrap();
-        model.prefetch(1);
+        let _ = model.prefetch(1);
         eventually("the prefetch lands", || model.descriptor(1).unwrap().cached).await;
         model.layer(2).await.unwrap();
         model.release(2).unwrap();

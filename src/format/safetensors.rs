@@ -174,7 +174,9 @@ pub fn parse_header(bytes: &[u8], file_len: u64) -> Result<ParsedHeader, FormatE
     // The crate's own validation, which the checks above must subsume: if it
     // ever disagrees, refuse rather than serve bytes it would not.
     let sorted: Vec<(String, TensorInfo)> = order.iter().map(|&i| raw.tensors[i].clone()).collect();
-    let crate_len = Metadata::new(raw.metadata.clone(), sorted)
+    // The crate's map type depends on its `std` feature: collect into either.
+    let metadata = raw.metadata.clone().map(|m| m.into_iter().collect());
+    let crate_len = Metadata::new(metadata, sorted)
         .map_err(|e| {
             FormatError::Invalid(format!("the safetensors crate refuses the header: {e}"))
         })?

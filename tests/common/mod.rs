@@ -213,8 +213,18 @@ pub fn python() -> Option<PathBuf> {
     PYTHON.get_or_init(create_python_env).clone()
 }
 
+/// The repository's root (the workspace's: these helpers are shared by the
+/// tests of every crate in it).
+pub fn repo_root() -> &'static Path {
+    let mut dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    while !dir.join("Cargo.lock").exists() {
+        dir = dir.parent().expect("a Cargo.lock above the crate");
+    }
+    dir
+}
+
 fn create_python_env() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = repo_root();
     let out = std::process::Command::new("bash")
         .arg(root.join("scripts/python-env.sh"))
         .output()

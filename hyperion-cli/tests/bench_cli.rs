@@ -4,6 +4,7 @@
 //! files report the same checksum, peak RSS and budget, and bad input is a
 //! one-line error.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;

@@ -1,6 +1,6 @@
-//! The C ABI: the functions and types of `include/hyperion/utils/mmap_loader.h`,
-//! the spec's `mmap_loader` API (`shared/spec/mmap_loader.md`), plus
-//! `hyperionLastError`.
+//! Hyperion's C ABI: the functions and types of
+//! `include/hyperion/utils/mmap_loader.h` (the `mmap_loader` API, described in
+//! the repository's `docs/api.md`), plus `hyperionLastError`.
 //!
 //! C programs use it through the header and `libhyperion.so` / `libhyperion.a`
 //! (see `docs/c-api.md`); Rust programs should use [`MappedModel`] instead.
@@ -28,6 +28,8 @@
 //! - **Errors and panics.** Every export runs inside `catch_unwind`; failures
 //!   become NULL / false / 0 / -1 and a thread-local message.
 #![allow(non_snake_case)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -44,10 +46,8 @@ use std::task::{Context, Poll, Waker};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::config::{MmapConfig, MAX_PARALLEL};
-use crate::error::Error;
-use crate::model::MappedModel;
-use crate::weights::LayerWeights;
+use hyperion::config::MAX_PARALLEL;
+use hyperion::{Error, LayerWeights, MappedModel, MmapConfig};
 
 // ---------------------------------------------------------------------------
 // Types (must match the header field for field)
@@ -662,31 +662,9 @@ pub extern "C" fn hyperionPrefetchLayerWeights(
         let layer = state.layer(layerIndex)?;
         let rt = runtime()?;
         // The prefetch task is spawned on the current runtime: make that ours.
-        let started = {
-            let _context = rt.enter();
-            state.model.prefetch(layer)
-        };
-        if started {
-            return Ok(true);
-        }
-        let config = state.model.config();
-        if !config.prefetch_enabled {
-            return Err(FfiError::new(
-                "prefetching is disabled (config.prefetchEnabled is false)",
-            ));
-        }
-        let granule = config.validate()?;
-        let needed = state.model.index().layers[layer].footprint(granule);
-        if needed > config.max_cache_size {
-            return Err(FfiError::new(format!(
-                "layer {layer} needs {needed} bytes, more than config.maxCacheSize ({})",
-                config.max_cache_size
-            )));
-        }
-        state.layer(layerIndex)?;
-        Err(FfiError::new(format!(
-            "the prefetch of layer {layer} was refused"
-        )))
+        let _context = rt.enter();
+        state.model.prefetch(layer)?;
+        Ok(true)
     })
 }
 

@@ -3,6 +3,7 @@
 //! from plain threads and from inside tokio runtimes of either flavor
 //! (no deadlock, no "cannot block inside a runtime" panic).
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::ffi::{c_void, CStr, CString};
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{TestModel, KIB};
-use hyperion::ffi::*;
+use hyperion_capi::*;
 use hyperion::MmapConfig;
 
 fn last_error() -> Option<String> {

@@ -231,7 +231,7 @@ fn convert_keeps_every_tensor_of_safetensors_and_gguf_files() {
     // A GGUF file written by gguf-py (committed as a fuzz seed), and a
     // safetensors file written by the safetensors crate.
     let gguf =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/gguf/ok-small.gguf");
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/gguf/ok-small.gguf");
     let st = dir.path().join("model.safetensors");
     let data: Vec<Vec<u8>> = (0..5u8)
         .map(|i| (0..(64 * (i as usize + 1))).map(|b| b as u8 ^ i).collect())
