@@ -357,7 +357,10 @@ async fn prefetch_disabled_reads_nothing(backend: Backend) {
         })
         .await;
     for i in 0..4 {
-        assert!(matches!(model.prefetch(i), Err(Error::PrefetchDisabled { .. })));
+        assert!(matches!(
+            model.prefetch(i),
+            Err(Error::PrefetchDisabled { .. })
+        ));
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     let s = model.stats();

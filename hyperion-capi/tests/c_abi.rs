@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{TestModel, KIB};
-use hyperion_capi::*;
 use hyperion::MmapConfig;
+use hyperion_capi::*;
 
 fn last_error() -> Option<String> {
     let p = hyperionLastError();
