@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::buffer::Mapping;
+use crate::sys::memory::Mapping;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;

@@ -30,99 +30,8 @@ use std::ptr::NonNull;
 
 use crate::budget::Charge;
 
-/// Buffers at least this large are 2 MiB-aligned and advised to use huge pages.
-pub(crate) const HUGE_PAGE: usize = 2 << 20;
-const PAGE: usize = 4096;
-
-/// An anonymous private mapping and the aligned window inside it that a
-/// buffer uses. Unmapped when dropped.
-pub(crate) struct Mapping {
-    /// The aligned start: 2 MiB-aligned if `cap >= HUGE_PAGE`, else 4 KiB.
-    ptr: NonNull<u8>,
-    /// Usable bytes from `ptr`, a whole number of pages.
-    cap: usize,
-    /// The whole mapping, of which `ptr..ptr + cap` is the aligned part; kept
-    /// to unmap exactly what was mapped.
-    map_ptr: NonNull<u8>,
-    map_len: usize,
-}
-
-// SAFETY: a `Mapping` owns its memory exclusively (like a `Box<[u8]>`) and has
-// no thread affinity; it hands out no references itself.
-unsafe impl Send for Mapping {}
-// SAFETY: `&Mapping` gives access to nothing but its sizes.
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    /// Maps `rounded` zeroed bytes (a non-zero multiple of [`PAGE`]),
-    /// 2 MiB-aligned and advised `MADV_HUGEPAGE` from 2 MiB on.
-    fn new(rounded: usize) -> io::Result<Self> {
-        debug_assert!(rounded > 0 && rounded % PAGE == 0);
-        let align = if rounded >= HUGE_PAGE {
-            HUGE_PAGE
-        } else {
-            PAGE
-        };
-        // Map `align - PAGE` extra bytes so an `align`-aligned start exists inside.
-        let map_len = rounded.checked_add(align - PAGE).ok_or_else(too_large)?;
-        // SAFETY: an anonymous private mapping with no address hint has no
-        // preconditions; the result is checked for MAP_FAILED below.
-        let raw = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if raw == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let map_ptr = NonNull::new(raw.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
-        let skew = (align - (map_ptr.as_ptr() as usize) % align) % align;
-        // SAFETY: `skew < align` and `map_len = rounded + align - PAGE`, and the
-        // mapping is page-aligned so `skew` is a multiple of PAGE and at most
-        // `align - PAGE`: `skew + rounded <= map_len`, in bounds.
-        let ptr = unsafe { NonNull::new_unchecked(map_ptr.as_ptr().add(skew)) };
-        if align == HUGE_PAGE {
-            // SAFETY: the range lies inside our own fresh mapping. The advice is a
-            // hint; failure (THP disabled) only costs speed, so it is ignored.
-            unsafe {
-                libc::madvise(ptr.as_ptr().cast(), rounded, libc::MADV_HUGEPAGE);
-            }
-        }
-        Ok(Mapping {
-            ptr,
-            cap: rounded,
-            map_ptr,
-            map_len,
-        })
-    }
-
-    /// Usable bytes.
-    pub(crate) fn capacity(&self) -> usize {
-        self.cap
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `map_ptr`/`map_len` are exactly the mapping made in `new`,
-        // unmapped once, here; every buffer that pointed into it was dropped
-        // before the mapping (an `AlignedBuf` owns its `Mapping`).
-        unsafe {
-            libc::munmap(self.map_ptr.as_ptr().cast(), self.map_len);
-        }
-    }
-}
-
-impl std::fmt::Debug for Mapping {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mapping").field("cap", &self.cap).finish()
-    }
-}
+pub(crate) use crate::sys::memory::HUGE_PAGE;
+use crate::sys::memory::{Mapping, PAGE};
 
 /// An owned, page-aligned byte buffer: what the loader reads layers into,
 /// public for tools that want the same memory (the benchmark's ceiling
@@ -180,7 +89,7 @@ impl AlignedBuf {
         let rounded = len
             .max(1)
             .checked_next_multiple_of(PAGE)
-            .ok_or_else(too_large)?;
+            .ok_or_else(crate::sys::memory::too_large)?;
         let (map, fresh) = match charge.as_mut().and_then(Charge::take_mapping) {
             Some(m) if m.capacity() >= rounded => (m, false),
             Some(small) => {
@@ -190,7 +99,7 @@ impl AlignedBuf {
             None => (Mapping::new(rounded)?, true),
         };
         Ok(AlignedBuf {
-            ptr: map.ptr,
+            ptr: map.start(),
             len: rounded,
             map: Some(map),
             charge,
@@ -209,17 +118,8 @@ impl AlignedBuf {
     /// Best effort: on a kernel without it (before 5.14), or when the memory
     /// cannot be had now, nothing happens and the read faults the pages in.
     pub(crate) fn prefault(&self) {
-        // SAFETY: the range is exactly this buffer's part of its own live,
-        // writable private anonymous mapping. MADV_POPULATE_WRITE only
-        // populates page tables as a write fault would: pages already present
-        // keep their contents and new ones are zero-filled, so no byte that
-        // anyone could observe changes.
-        unsafe {
-            libc::madvise(
-                self.ptr.as_ptr().cast(),
-                self.len,
-                libc::MADV_POPULATE_WRITE,
-            );
+        if let Some(map) = &self.map {
+            map.populate_write(self.len);
         }
     }
 
@@ -263,10 +163,6 @@ impl std::fmt::Debug for AlignedBuf {
             .field("len", &self.len)
             .finish()
     }
-}
-
-fn too_large() -> io::Error {
-    io::Error::new(io::ErrorKind::OutOfMemory, "buffer size overflows")
 }
 
 #[cfg(test)]
@@ -322,19 +218,8 @@ mod tests {
 
     /// Resident pages of `buf` (`mincore`), out of its pages.
     fn resident(buf: &AlignedBuf) -> (usize, usize) {
-        let pages = buf.as_slice().len() / PAGE;
-        let mut vec = vec![0u8; pages];
-        // SAFETY: the buffer's range is part of a live mapping, and `vec`
-        // has one byte per page of it.
-        let rc = unsafe {
-            libc::mincore(
-                buf.as_mut_ptr().cast(),
-                buf.as_slice().len(),
-                vec.as_mut_ptr(),
-            )
-        };
-        assert_eq!(rc, 0);
-        (vec.iter().filter(|&&b| b & 1 == 1).count(), pages)
+        let map = buf.map.as_ref().unwrap();
+        (map.resident_pages(buf.len), buf.len / PAGE)
     }
 
     #[test]

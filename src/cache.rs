@@ -21,7 +21,7 @@ use futures::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
 
 use crate::error::Result;
-use crate::model::LayerMeta;
+use crate::meta::LayerMeta;
 use crate::policy::{Policy, PolicyKind};
 use crate::weights::LayerWeights;
 
@@ -291,6 +291,7 @@ impl Cache {
     }
 
     /// Checks the policy's invariants.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub(crate) fn validate(&self) -> Result<(), String> {
         self.policy.lock().validate()
     }

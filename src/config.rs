@@ -220,18 +220,7 @@ impl MmapConfig {
 }
 
 fn default_cache_size() -> u64 {
-    // SAFETY: sysconf has no preconditions; it returns -1 on error.
-    let (pages, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    let total = if pages > 0 && page > 0 {
-        pages as u64 * page as u64
-    } else {
-        4 << 30
-    };
+    let total = crate::sys::file::physical_memory().unwrap_or(4 << 30);
     (total / 4).clamp(256 << 20, 16 << 30)
 }
 

@@ -9,8 +9,9 @@
 //! was taken from ggml's headers (`QK2_0` = 64, `block_q2_0` = 2 + 16 bytes).
 //! Ids ggml retired (4, 5, 31–33, 36–38) are unknown here, as they are to
 //! ggml, which gives them a block size of 0 and refuses them.
-
-use crate::dtype::DType;
+//!
+//! How GGML types map to [`DType`](crate::DType)s is in `dtype.rs`, which
+//! builds on this table (this module imports nothing of the crate).
 
 /// A GGML tensor type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -134,80 +135,5 @@ impl GgmlType {
     /// Whether the type is block-quantized (more than one element per block).
     pub fn is_quantized(self) -> bool {
         self.block_size() > 1
-    }
-
-    /// The plain [`DType`] with the same elements, for the types that have
-    /// one (`F32`, `F16`, `BF16`, `F64`, `I8`, `I16`, `I32`, `I64`); `None`
-    /// for the block-quantized types.
-    ///
-    /// ```
-    /// use hyperion::{DType, GgmlType};
-    /// assert_eq!(GgmlType::BF16.plain_dtype(), Some(DType::BF16));
-    /// assert_eq!(GgmlType::Q4_K.plain_dtype(), None);
-    /// ```
-    pub fn plain_dtype(self) -> Option<DType> {
-        Some(match self {
-            GgmlType::F32 => DType::F32,
-            GgmlType::F16 => DType::F16,
-            GgmlType::BF16 => DType::BF16,
-            GgmlType::F64 => DType::F64,
-            GgmlType::I8 => DType::I8,
-            GgmlType::I16 => DType::I16,
-            GgmlType::I32 => DType::I32,
-            GgmlType::I64 => DType::I64,
-            _ => return None,
-        })
-    }
-
-    /// The dtype a GGUF reader gives a tensor of this type: the plain dtype
-    /// where there is one (so `TensorView::as_f32` and `as_slice` work), else
-    /// `DType::Ggml(self)`.
-    pub fn dtype(self) -> DType {
-        self.plain_dtype().unwrap_or(DType::Ggml(self))
-    }
-
-    /// The GGML type of a dtype: the inverse of [`GgmlType::dtype`] (also
-    /// accepting `DType::Ggml` of a plain type); `None` for dtypes GGML has no
-    /// type for (`U32`, `F8E4M3` …).
-    ///
-    /// ```
-    /// use hyperion::{DType, GgmlType};
-    /// assert_eq!(GgmlType::of_dtype(DType::F16), Some(GgmlType::F16));
-    /// assert_eq!(GgmlType::of_dtype(DType::Ggml(GgmlType::Q8_0)), Some(GgmlType::Q8_0));
-    /// assert_eq!(GgmlType::of_dtype(DType::U32), None);
-    /// ```
-    pub fn of_dtype(dtype: DType) -> Option<GgmlType> {
-        match dtype {
-            DType::Ggml(t) => Some(t),
-            d => GgmlType::all().find(|t| t.plain_dtype() == Some(d)),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_is_consistent() {
-        let all: Vec<GgmlType> = GgmlType::all().collect();
-        for (i, t) in all.iter().enumerate() {
-            assert_eq!(GgmlType::from_id(t.id()), Some(*t));
-            assert!(
-                all[..i].iter().all(|u| u.id() < t.id()),
-                "{t:?}: ids ascend"
-            );
-            assert!(all[..i].iter().all(|u| u.name() != t.name()));
-            assert!(t.block_size() >= 1 && t.type_size() >= 1);
-            assert_eq!(GgmlType::of_dtype(t.dtype()), Some(*t));
-            assert_eq!(GgmlType::of_dtype(DType::Ggml(*t)), Some(*t));
-            if let Some(d) = t.plain_dtype() {
-                assert_eq!(d.element_size(), Some(t.type_size()), "{t:?}");
-                assert_eq!(d.name(), t.name());
-            }
-        }
-        for retired in [4, 5, 31, 32, 33, 36, 37, 38, 43, u32::MAX] {
-            assert_eq!(GgmlType::from_id(retired), None);
-        }
     }
 }

@@ -17,18 +17,21 @@ pub mod format;
 mod ggml;
 pub mod index;
 mod io;
+mod meta;
 mod model;
 pub mod pagecache;
 pub mod policy;
 mod stats;
 pub mod synth;
-mod verify;
+mod sys;
 mod weights;
 
 pub use config::{Backend, MmapConfig};
 pub use dtype::{DType, GgmlType};
 pub use error::{Error, FormatError, Result};
 pub use index::{FileFormat, FileRange, LayerSpec, ModelIndex, TensorSpec};
-pub use model::{LayerDescriptor, LayerFetch, MappedModel, Prefetch, ReadGate, DEFAULT_PRIORITY};
+#[cfg(feature = "test-hooks")]
+pub use model::ReadGate;
+pub use model::{LayerDescriptor, LayerFetch, MappedModel, Prefetch, DEFAULT_PRIORITY};
 pub use stats::Stats;
 pub use weights::{LayerWeights, TensorView};

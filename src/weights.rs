@@ -7,36 +7,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::budget::Budget;
-use crate::buffer::AlignedBuf;
 use crate::dtype::DType;
 use crate::index::TensorSpec;
-use crate::io::mmap::MappedView;
-use crate::model::LayerMeta;
-
-/// Where a layer's bytes live.
-pub(crate) enum Storage {
-    /// A buffer the bytes were read into.
-    Heap(AlignedBuf),
-    /// A view into a memory mapping of the file.
-    Mapped(MappedView),
-}
-
-/// The bytes a backend produced for one layer: `len` bytes at `start` of `storage`.
-pub(crate) struct LayerBytes {
-    pub(crate) storage: Storage,
-    pub(crate) start: usize,
-    pub(crate) len: usize,
-}
-
-impl LayerBytes {
-    pub(crate) fn as_slice(&self) -> &[u8] {
-        let all = match &self.storage {
-            Storage::Heap(buf) => buf.as_slice(),
-            Storage::Mapped(view) => view.as_slice(),
-        };
-        &all[self.start..self.start + self.len]
-    }
-}
+use crate::io::bytes::{LayerBytes, Storage};
+use crate::meta::LayerMeta;
 
 /// A layer's weights: its exact bytes, and the tensors inside them.
 ///

@@ -370,8 +370,21 @@ impl FfiError {
 }
 
 impl From<Error> for FfiError {
+    /// The library's message, with its config field names spelled as the C
+    /// struct spells them (`max_cache_size` → `config.maxCacheSize`), so a C
+    /// caller can tell which field to change.
     fn from(e: Error) -> Self {
-        FfiError(e.to_string())
+        let mut message = e.to_string();
+        for (rust, c) in [
+            ("max_cache_size", "config.maxCacheSize"),
+            ("prefetch_enabled", "config.prefetchEnabled"),
+            ("prefetch_threads", "config.prefetchThreads"),
+            ("adaptive_caching", "config.adaptiveCaching"),
+            ("min_layer_cache_size", "config.minLayerCacheSize"),
+        ] {
+            message = message.replace(rust, c);
+        }
+        FfiError(message)
     }
 }
 

@@ -14,10 +14,9 @@
 //! - moving a multi-range layer's bytes together once the buffer is full
 //!   ([`into_layer`]).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -29,8 +28,8 @@ use crate::config::MmapConfig;
 use crate::error::{Error, Result};
 use crate::faults::{Fault, FaultPlan};
 use crate::index::{align_down, align_up, FileRange, LayerSpec, BLOCK};
-use crate::pagecache::Residency;
-use crate::weights::{LayerBytes, Storage};
+use crate::io::bytes::{LayerBytes, Storage};
+use crate::sys::pages::Residency;
 
 /// Retries of a request that failed with a transient error before giving up.
 pub(crate) const TRANSIENT_RETRIES: u32 = 16;
@@ -89,13 +88,7 @@ pub(crate) fn open_files(paths: &[Arc<Path>], direct: bool) -> Result<Vec<OpenFi
             let buffered = File::open(path).map_err(|e| Error::io(path, "open", e))?;
             // Some filesystems refuse O_DIRECT at open; read those buffered.
             let direct = direct
-                .then(|| {
-                    OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_DIRECT)
-                        .open(path)
-                        .ok()
-                })
+                .then(|| crate::sys::file::open_direct(path).ok())
                 .flatten();
             let residency = direct.as_ref().and_then(|_| Residency::new(&buffered));
             Ok(OpenFile {
@@ -323,19 +316,8 @@ pub(crate) fn confirm_not_truncated(
     layer: usize,
     chunk: &Chunk,
 ) -> Result<()> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `file` is borrowed, so its descriptor stays open for the call,
-    // and `st` is a writable `stat` that `fstat` fills on success.
-    let rc = unsafe { libc::fstat(file.as_raw_fd(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(Error::io(
-            path,
-            format!("stat after reading layer {layer}"),
-            io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: `fstat` returned 0, so it initialised `st`.
-    let size = unsafe { st.assume_init() }.st_size as u64;
+    let size = crate::sys::file::current_len(file)
+        .map_err(|e| Error::io(path, format!("stat after reading layer {layer}"), e))?;
     if size < chunk.needed_end {
         return Err(Error::Truncated {
             path: Arc::clone(path),

@@ -26,8 +26,8 @@ use crate::budget::Charge;
 use crate::config::Backend;
 use crate::error::Result;
 use crate::index::LayerSpec;
-use crate::verify::Verify;
-use crate::weights::LayerBytes;
+use crate::io::bytes::LayerBytes;
+use crate::io::verify::Verify;
 
 pub(crate) struct AutoBackend {
     disk: UringBackend,

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use memmap2::{Advice, Mmap, UncheckedAdvice};
+use memmap2::Mmap;
 
 use crate::budget::Charge;
 use crate::buffer::AlignedBuf;
@@ -26,8 +26,8 @@ use crate::config::Backend;
 use crate::error::{Error, Result};
 use crate::faults::{Fault, FaultPlan};
 use crate::index::{align_down, align_up, LayerSpec, BLOCK};
-use crate::verify::Verify;
-use crate::weights::{LayerBytes, Storage};
+use crate::io::bytes::{LayerBytes, MappedView, Storage};
+use crate::io::verify::Verify;
 
 #[derive(Clone)]
 pub(crate) struct MmapBackend {
@@ -119,15 +119,12 @@ impl MmapBackend {
             // The charge pays for the view's pages, not for a buffer: unmap
             // any pooled buffer it took over, so both are never held at once.
             let charge = charge.unpooled();
-            let view = MappedView {
-                map: Arc::clone(map),
-                start,
-                len: end - start,
-                layer_start: r.offset as usize,
-                layer_end: r.end() as usize,
-                keep_pages: false,
-                _charge: charge,
-            };
+            let view = MappedView::new(
+                Arc::clone(map),
+                start..end,
+                r.offset as usize..r.end() as usize,
+                charge,
+            );
             view.page_in();
             return Ok(LayerBytes {
                 storage: Storage::Mapped(view),
@@ -186,62 +183,5 @@ impl super::ReadBackend for MmapBackend {
             }
         }
         .boxed()
-    }
-}
-
-/// A page-aligned window of a file mapping that one layer's bytes live in.
-pub(crate) struct MappedView {
-    map: Arc<Mmap>,
-    start: usize,
-    len: usize,
-    /// The layer's own bytes inside the window.
-    layer_start: usize,
-    layer_end: usize,
-    /// Set when another live buffer of the same layer still uses these pages.
-    pub(crate) keep_pages: bool,
-    _charge: Charge,
-}
-
-impl MappedView {
-    pub(crate) fn as_slice(&self) -> &[u8] {
-        &self.map[self.start..self.start + self.len]
-    }
-
-    /// Starts readahead for the window and waits until every page is resident.
-    fn page_in(&self) {
-        // Advice is a hint: if the kernel refuses it, the touches below still
-        // fault every page in, just less efficiently.
-        let _ = self
-            .map
-            .advise_range(Advice::WillNeed, self.start, self.len);
-        let bytes = self.as_slice();
-        let mut sum = 0u8;
-        for page in bytes.chunks(BLOCK as usize) {
-            sum = sum.wrapping_add(page[0]);
-        }
-        std::hint::black_box(sum);
-    }
-}
-
-impl Drop for MappedView {
-    fn drop(&mut self) {
-        if self.keep_pages {
-            return;
-        }
-        // Only pages wholly inside this layer: a boundary page shared with a
-        // neighbouring layer may be in use by that layer's view.
-        let first = align_up(self.layer_start as u64, BLOCK) as usize;
-        let last = align_down(self.layer_end as u64, BLOCK) as usize;
-        if last <= first {
-            return;
-        }
-        // SAFETY: MADV_DONTNEED on a read-only shared file mapping only drops
-        // this process's page-table entries; any later access faults the same
-        // file bytes back in, so no live reference can observe changed data.
-        // The range lies inside the map.
-        let _ = unsafe {
-            self.map
-                .unchecked_advise_range(UncheckedAdvice::DontNeed, first, last - first)
-        };
     }
 }

@@ -12,9 +12,11 @@
 
 pub(crate) mod aligned;
 pub(crate) mod auto;
+pub(crate) mod bytes;
 pub(crate) mod mmap;
 pub(crate) mod pread;
 pub(crate) mod uring;
+pub(crate) mod verify;
 
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
@@ -27,8 +29,8 @@ use crate::config::{Backend, MmapConfig};
 use crate::error::{Error, Result};
 use crate::faults::FaultPlan;
 use crate::index::LayerSpec;
-use crate::verify::Verify;
-use crate::weights::LayerBytes;
+use bytes::LayerBytes;
+use verify::Verify;
 
 /// A read engine. Implementations must return either the layer's exact
 /// bytes or an error; never fewer bytes, never stale ones.

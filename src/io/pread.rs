@@ -38,9 +38,9 @@ use crate::config::{Backend, MmapConfig};
 use crate::error::{Error, Result};
 use crate::faults::FaultPlan;
 use crate::index::{LayerSpec, BLOCK};
-use crate::pagecache::Residency;
-use crate::verify::Verify;
-use crate::weights::LayerBytes;
+use crate::io::bytes::LayerBytes;
+use crate::io::verify::Verify;
+use crate::sys::pages::Residency;
 
 pub(crate) struct PreadBackend {
     inner: Arc<Inner>,

@@ -59,9 +59,9 @@ use crate::config::{Backend, MmapConfig};
 use crate::error::{Error, Result};
 use crate::faults::FaultPlan;
 use crate::index::{LayerSpec, BLOCK};
-use crate::pagecache::Residency;
-use crate::verify::Verify;
-use crate::weights::LayerBytes;
+use crate::io::bytes::LayerBytes;
+use crate::io::verify::Verify;
+use crate::sys::pages::Residency;
 
 /// Submission queue entries of the ring: far more than the requests we keep
 /// in flight (prefetch_threads × reads_in_flight plus demand reads).
@@ -190,7 +190,7 @@ impl super::ReadBackend for UringBackend {
             // layer exposes is overwritten below, or the read fails.
             let buf = Arc::new(aligned::layer_buffer(&path, layer, buf_len, charge).await?);
             let (progress, hasher) = match &verify {
-                Some(_) if stream_hash && size >= crate::verify::BLOCKING_THRESHOLD => {
+                Some(_) if stream_hash && size >= crate::io::verify::BLOCKING_THRESHOLD => {
                     let (tx, rx) = mpsc::unbounded_channel();
                     let buf = Arc::clone(&buf);
                     let hasher = tokio::task::spawn_blocking(move || hash_regions(&buf, rx));

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::weights::LayerBytes;
+use crate::io::bytes::LayerBytes;
 
 /// Layers at least this large are hashed on a blocking thread, so a long
 /// hash never stalls an async worker (and the io_uring backend hashes them

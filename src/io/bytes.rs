@@ -1,0 +1,115 @@
+//! What a read engine produces for one layer: its bytes, in a buffer they
+//! were read into or in a view of a file mapping, with the budget charge
+//! that pays for that memory inside.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use memmap2::{Advice, Mmap, UncheckedAdvice};
+
+use crate::budget::Charge;
+use crate::buffer::AlignedBuf;
+use crate::index::{align_down, align_up, BLOCK};
+
+/// Where a layer's bytes live.
+pub(crate) enum Storage {
+    /// A buffer the bytes were read into.
+    Heap(AlignedBuf),
+    /// A view into a memory mapping of the file.
+    Mapped(MappedView),
+}
+
+/// The bytes a backend produced for one layer: `len` bytes at `start` of `storage`.
+pub(crate) struct LayerBytes {
+    pub(crate) storage: Storage,
+    pub(crate) start: usize,
+    pub(crate) len: usize,
+}
+
+impl LayerBytes {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        let all = match &self.storage {
+            Storage::Heap(buf) => buf.as_slice(),
+            Storage::Mapped(view) => view.as_slice(),
+        };
+        &all[self.start..self.start + self.len]
+    }
+}
+
+/// A page-aligned window of a file mapping that one layer's bytes live in.
+pub(crate) struct MappedView {
+    map: Arc<Mmap>,
+    start: usize,
+    len: usize,
+    /// The layer's own bytes inside the window.
+    layer_start: usize,
+    layer_end: usize,
+    /// Set when another live buffer of the same layer still uses these pages.
+    pub(crate) keep_pages: bool,
+    _charge: Charge,
+}
+
+impl MappedView {
+    /// A view of `window` (page-aligned, inside `map`) for the layer whose
+    /// bytes are `layer` (inside the window), paid for by `charge`.
+    pub(crate) fn new(
+        map: Arc<Mmap>,
+        window: Range<usize>,
+        layer: Range<usize>,
+        charge: Charge,
+    ) -> Self {
+        debug_assert!(window.start <= layer.start && layer.end <= window.end);
+        debug_assert!(window.end <= map.len());
+        MappedView {
+            map,
+            start: window.start,
+            len: window.end - window.start,
+            layer_start: layer.start,
+            layer_end: layer.end,
+            keep_pages: false,
+            _charge: charge,
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.map[self.start..self.start + self.len]
+    }
+
+    /// Starts readahead for the window and waits until every page is resident.
+    pub(crate) fn page_in(&self) {
+        // Advice is a hint: if the kernel refuses it, the touches below still
+        // fault every page in, just less efficiently.
+        let _ = self
+            .map
+            .advise_range(Advice::WillNeed, self.start, self.len);
+        let bytes = self.as_slice();
+        let mut sum = 0u8;
+        for page in bytes.chunks(BLOCK as usize) {
+            sum = sum.wrapping_add(page[0]);
+        }
+        std::hint::black_box(sum);
+    }
+}
+
+impl Drop for MappedView {
+    fn drop(&mut self) {
+        if self.keep_pages {
+            return;
+        }
+        // Only pages wholly inside this layer: a boundary page shared with a
+        // neighbouring layer may be in use by that layer's view.
+        let first = align_up(self.layer_start as u64, BLOCK) as usize;
+        let last = align_down(self.layer_end as u64, BLOCK) as usize;
+        if last <= first {
+            return;
+        }
+        // SAFETY: MADV_DONTNEED on a read-only shared file mapping only drops
+        // this process's page-table entries; any later access faults the same
+        // file bytes back in, so no live reference can observe changed data.
+        // The range lies inside the map.
+        let _ = unsafe {
+            self.map
+                .unchecked_advise_range(UncheckedAdvice::DontNeed, first, last - first)
+        };
+    }
+}
