@@ -1,5 +1,6 @@
-//! Loader configuration: the spec's `HyperionMmapConfig` and a few
-//! Rust-side settings, with the reasoning behind each default.
+//! Loader configuration: the `HyperionMmapConfig` of the `mmap_loader` API
+//! (`docs/api.md`) and a few Rust-side settings, with the reasoning and the
+//! measurements behind each default.
 
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ pub enum Backend {
     /// through `tracing::warn!`); with `direct_io: false`, always
     /// [`Backend::Pread`], which copies from the page cache faster and more
     /// steadily than buffered io_uring (measured: `docs/architecture.md`,
-    /// "Engines"). With io_uring and `direct_io`, a layer found in the page
+    /// "Backends"). With io_uring and `direct_io`, a layer found in the page
     /// cache is read by the pread engine too, whose copies run on a thread
     /// per layer rather than on the one ring thread. [`MappedModel::backend`](crate::MappedModel::backend)
     /// names the engine that reads from the disk. Never mmap, so never
@@ -37,8 +38,8 @@ pub enum Backend {
     /// into the same page-aligned buffers as io_uring, with the same
     /// `direct_io`, `read_chunk_size` and `reads_in_flight` (threads of the
     /// task instead of requests on a ring). Works wherever files can be read;
-    /// a truncated file is [`Error::Truncated`]. With `O_DIRECT` it reached
-    /// the same disk ceiling as io_uring here (`docs/architecture.md`).
+    /// a truncated file is [`Error::Truncated`]. With `O_DIRECT` it reads as
+    /// fast as io_uring here (`docs/architecture.md`, "Measured here").
     Pread,
     /// `mmap` + `madvise`: layers are views into a mapping of the file (no
     /// copy; `direct_io` and the read settings do not apply).
@@ -65,8 +66,8 @@ impl Backend {
 
 /// How a model is loaded and cached.
 ///
-/// The first five fields are the spec's `HyperionMmapConfig`; the rest tune
-/// the Rust implementation. Build one with struct-update syntax:
+/// The first five fields are the C API's `HyperionMmapConfig`
+/// (`docs/api.md`); the rest tune the Rust implementation. Build one with struct-update syntax:
 ///
 /// ```
 /// use hyperion::{Backend, MmapConfig};
@@ -90,15 +91,18 @@ pub struct MmapConfig {
     /// for the rest on any machine from a laptop to a workstation.
     pub max_cache_size: u64,
     /// Whether [`prefetch`](crate::MappedModel::prefetch) reads ahead. When
-    /// false, it returns false and reads nothing.
+    /// false, it returns [`Error::PrefetchDisabled`] and reads nothing.
     ///
     /// Default: true. Prefetching is how I/O overlaps compute.
     pub prefetch_enabled: bool,
     /// The most prefetch reads in flight at once (a semaphore, not OS threads).
     ///
-    /// Default: 2 — one read streaming and the next queued behind it keeps a
-    /// disk that serves one request at a time busy; more only holds budget
-    /// earlier (measured in `docs/architecture.md`).
+    /// Default: 2. On the disk measured here, which serves one request at a
+    /// time, 1, 2 and 4 were within the noise of each other, and a lookahead
+    /// of 4 layers was no faster than 2; more prefetches in flight only
+    /// reserve budget earlier. 2 costs nothing here and leaves room for
+    /// faster devices (`docs/architecture.md`, "Measured here";
+    /// `docs/performance.md`).
     pub prefetch_threads: usize,
     /// Whether eviction learns from the access pattern. False: lowest
     /// priority first, then least recently used. True: lowest priority
@@ -108,7 +112,8 @@ pub struct MmapConfig {
     ///
     /// Default: true. In the simulator it reaches 0.95–0.98× the optimal
     /// hit rate on cyclic passes (LRU: 0), beats LRU on Zipf-skewed access,
-    /// and stays within 0.2 points of LRU on recency-friendly traces.
+    /// and stays within 0.2 points of LRU on recency-friendly traces
+    /// (`docs/caching.md`, "Measurements").
     pub adaptive_caching: bool,
     /// The allocation granule: every cached layer is charged and allocated in
     /// whole multiples of this many bytes, and at least one. Rounded up to a
@@ -120,8 +125,9 @@ pub struct MmapConfig {
     /// The I/O engine.
     ///
     /// Default: [`Backend::Auto`] — io_uring, or pread where io_uring is
-    /// unavailable; both are at the disk's ceiling here, and neither can
-    /// `SIGBUS` on a truncated file. [`Backend::Mmap`] only when asked for.
+    /// unavailable; with `O_DIRECT` the two read as fast as each other here
+    /// (`docs/architecture.md`, "Measured here"), and neither can `SIGBUS`
+    /// on a truncated file. [`Backend::Mmap`] only when asked for.
     pub backend: Backend,
     /// Read with `O_DIRECT` (io_uring and pread): reads bypass the page cache,
     /// so a layer is held once (in our buffer), not twice. Falls back to
@@ -129,24 +135,40 @@ pub struct MmapConfig {
     /// are in the page cache already are copied from it instead of read from
     /// the disk again ([`Stats::page_cache_bytes`](crate::Stats::page_cache_bytes)).
     ///
-    /// Default: true — the fastest path measured here, and no double caching.
+    /// Default: true — the fastest path measured here (cold: 3,678 MB/s
+    /// against 2,347 buffered through the same engine, in one `hyperion
+    /// bench` run: `docs/performance.md`), and no double caching.
     pub direct_io: bool,
     /// Size of each read request a layer is split into (rounded to 4 KiB;
     /// io_uring and pread).
     ///
-    /// Default: 4 MiB, the request size at which this disk peaked (16 MiB was slower).
+    /// Default: 4 MiB. Into the engines' 2 MiB-aligned huge-page buffers a
+    /// 4 MiB read reaches the device as one request, and that is what this
+    /// disk's ceiling needs: ~2,500–3,300 MB/s, where `O_DIRECT` reads into
+    /// ordinary 4 KiB-page buffers, which the kernel splits into small
+    /// requests, reach ~1,000–1,300 (`docs/bench/baseline.md`). Larger
+    /// requests gain nothing: 16 MiB reads were no faster (~2,800), and in
+    /// the loader 8 and 16 MiB chunks were within the noise of 4 MiB, while
+    /// 2 MiB chunks were slower (`docs/architecture.md`, "Measured here").
+    /// 4 MiB is the smallest request on that plateau.
     pub read_chunk_size: u64,
     /// Chunk reads of one layer in flight at once: requests on the ring for
     /// io_uring, threads of the layer's blocking task for pread.
     ///
-    /// Default: 2 — the device here serves one request at a time, but a second
-    /// queued request hides the completion-to-submit gap; NVMe may want more.
+    /// Default: 2. The disk measured here serves one request at a time, and
+    /// 1, 2 and 4 chunk reads in flight per layer were within the noise of
+    /// each other (`docs/architecture.md`, "Measured here"); 2 costs nothing
+    /// here and leaves room for devices with deeper queues (NVMe may want
+    /// more).
     pub reads_in_flight: usize,
     /// Whether a layer read from disk is checked against the checksum its file
     /// records (`.tmai` only); a mismatch is [`Error::ChecksumMismatch`].
     ///
     /// Default: true — a loader must never return wrong bytes. The check is
-    /// xxh3 over bytes just read, far faster than the disk.
+    /// xxh3 (30–34 GB/s on one core here), far faster than the disk, but it
+    /// is one more pass over memory: a cold stream of `.tmai` layers runs
+    /// 4–8% below the same stream unchecked (`docs/performance.md`, "The
+    /// checksum on a cold read").
     pub verify_checksums: bool,
     /// How long a fetch that finds no memory waits for some to be freed
     /// (handles dropped, reads in flight finishing and becoming evictable)
@@ -157,7 +179,10 @@ pub struct MmapConfig {
     /// layer being handed to its reader, a compute step), so concurrent tasks
     /// get backpressure instead of spurious errors; short enough that a task
     /// that holds the whole budget and asks for more gets its error promptly
-    /// instead of hanging (see `docs/architecture.md`).
+    /// instead of hanging. It should exceed the time to read one layer, since
+    /// a read in flight holds its memory until it lands: at this disk's
+    /// ~3 GB/s, 1 s covers layers up to a few GB (`docs/architecture.md`,
+    /// "When every byte is held").
     pub memory_wait_timeout: Duration,
 }
 

@@ -1,8 +1,8 @@
 /*
- * The header's structs have the spec's field types, and (on LP64 targets)
- * the sizes and offsets that src/ffi.rs asserts for its #[repr(C)] structs,
- * so C and Rust agree byte for byte. Compile-time checks: building this file
- * is the test (C11).
+ * The header's structs have the field types of docs/api.md, and (on LP64
+ * targets) the sizes and offsets that hyperion-capi/src/lib.rs asserts for
+ * its #[repr(C)] structs, so C and Rust agree byte for byte. Compile-time
+ * checks: building this file is the test (C11).
  */
 #include <hyperion/utils/mmap_loader.h>
 
@@ -28,7 +28,7 @@ FIELD_TYPE(HyperionMmapConfig, prefetchThreads, int);
 FIELD_TYPE(HyperionMmapConfig, adaptiveCaching, bool);
 FIELD_TYPE(HyperionMmapConfig, minLayerCacheSize, size_t);
 
-/* The functions have the spec's signatures. */
+/* The functions have the signatures of docs/api.md. */
 static HyperionMmapConfig (*const f_default)(void) = hyperionCreateDefaultMmapConfig;
 static HyperionMappedModel *(*const f_open)(const char *, const HyperionMmapConfig *) =
     hyperionOpenMappedModel;

@@ -2,9 +2,10 @@
  * hyperion/utils/mmap_loader.h - Hyperion's memory-mapped model loading API.
  *
  * Serves a model's weights layer by layer within a hard memory budget. The
- * types and functions are those of the reference spec (mmap_loader.md), with
+ * types and functions are those of the mmap_loader API (docs/api.md), with
  * the same names, field order and types, plus hyperionLastError(). The
- * implementation is the Rust crate `hyperion` (src/ffi.rs); link with
+ * implementation is the Rust crate `hyperion-capi` (hyperion-capi/src/lib.rs)
+ * over the crate `hyperion`; link with
  * `pkg-config --cflags --libs hyperion` (see docs/c-api.md).
  *
  * OWNERSHIP AND LIFETIMES
@@ -240,7 +241,7 @@ void hyperionSetLayerPriority(HyperionMappedModel *model,
 void hyperionResetLayerPriorities(HyperionMappedModel *model);
 
 /* ------------------------------------------------------------------------
- * Errors (not in the spec)
+ * Errors (Hyperion's addition to the mmap_loader API)
  * ------------------------------------------------------------------------ */
 
 /*
