@@ -6,7 +6,7 @@
 //! reading it from the disk (`aligned::read_cached`), but io_uring makes
 //! those copies on its one ring thread, while pread makes them on a
 //! blocking thread per layer in flight, so both cores copy. Measured
-//! (`hyperion bench`, run 4 in docs/performance.md): a cached 2 GiB model
+//! (`hyperion bench`, docs/bench/bench-runs.md): a cached 2 GiB model
 //! through the io_uring engine 14,879 MB/s, through pread 17,191. So a layer
 //! whose every range looks cached (`PreadBackend::looks_cached`, sampled)
 //! goes to pread; any other to io_uring. A wrong guess costs speed, never bytes:

@@ -81,7 +81,7 @@ pub(crate) async fn open_backend(
         Backend::IoUring => Ok(Arc::new(uring().await?)),
         // Buffered reads copy from the page cache, where blocking pread was
         // steadier and faster than buffered io_uring (warm 13.6–15.4 GB/s
-        // against 1.6–15.7; cold the same): docs/architecture.md, "Engines".
+        // against 1.6–15.7; cold the same): docs/architecture.md, "Backends".
         Backend::Auto if !config.direct_io => Ok(Arc::new(pread(faults)?)),
         // Layers in the page cache go to pread (io/auto.rs).
         Backend::Auto => match uring().await {
