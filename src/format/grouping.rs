@@ -50,18 +50,29 @@ pub(crate) struct FileTensor {
 
 /// The layer key of a tensor name: the prefix through the block number, if
 /// the name is inside a block.
+///
+/// ```
+/// use hyperion::format::grouping::block_key;
+/// assert_eq!(block_key("model.layers.7.mlp.up_proj.weight"), Some("model.layers.7"));
+/// assert_eq!(block_key("blk.7.attn_q.weight"), Some("blk.7"));
+/// assert_eq!(block_key("token_embd.weight"), None);
+/// ```
 pub fn block_key(name: &str) -> Option<&str> {
-    let mut pos = 0;
-    let parts: Vec<&str> = name.split('.').collect();
-    for w in 0..parts.len().saturating_sub(2) {
-        pos += parts[w].len() + 1;
-        let number = parts[w + 1];
-        if BLOCK_CONTAINERS.contains(&parts[w])
-            && !number.is_empty()
-            && number.bytes().all(|b| b.is_ascii_digit())
+    // Allocates nothing: it runs for every tensor, at open and in lookups.
+    let mut container: Option<&str> = None;
+    let mut start = 0;
+    for segment in name.split('.') {
+        let end = start + segment.len();
+        // A number counts only if another segment follows it.
+        if end < name.len()
+            && container.is_some_and(|c| BLOCK_CONTAINERS.contains(&c))
+            && !segment.is_empty()
+            && segment.bytes().all(|b| b.is_ascii_digit())
         {
-            return Some(&name[..pos + number.len()]);
+            return Some(&name[..end]);
         }
+        container = Some(segment);
+        start = end + 1;
     }
     None
 }
