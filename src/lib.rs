@@ -28,7 +28,7 @@ mod weights;
 pub use config::{Backend, MmapConfig};
 pub use dtype::{DType, GgmlType};
 pub use error::{Error, FormatError, Result};
-pub use index::{FileFormat, FileRange, LayerSpec, ModelIndex, TensorSpec};
+pub use index::{FileFormat, FileRange, LayerSpec, ModelIndex, TensorLocation, TensorSpec};
 pub use model::{LayerDescriptor, LayerFetch, MappedModel, Prefetch, ReadGate, DEFAULT_PRIORITY};
 pub use stats::Stats;
 pub use weights::{LayerWeights, TensorView};
