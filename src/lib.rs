@@ -32,3 +32,8 @@ pub use index::{FileFormat, FileRange, LayerSpec, ModelIndex, TensorLocation, Te
 pub use model::{LayerDescriptor, LayerFetch, MappedModel, Prefetch, ReadGate, DEFAULT_PRIORITY};
 pub use stats::Stats;
 pub use weights::{LayerWeights, TensorView};
+
+/// The `half` crate, whose `f16` and `bf16` [`TensorView::as_f16`] and
+/// [`TensorView::as_bf16`] return: use it through this path to get the
+/// same version.
+pub use half;
