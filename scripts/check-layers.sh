@@ -2,7 +2,7 @@
 # Fails when a module of the library imports one above it.
 #
 # The library's modules form layers (docs/modules.md): each
-# may use modules of lower layers only, so dependencies point one way and
+# may use modules of strictly lower layers only, so dependencies point one way and
 # no two modules need each other. Submodules (io/*, format/*, model/*, sys/*
 # ...) belong to their top-level module's layer and may use each other.
 # A module not in the table fails too, so a new one gets a layer on purpose.
@@ -14,15 +14,16 @@ cd "$(dirname "$0")/.."
 
 # layer  modules
 layers='
-0 sys error checksum ggml meta
-1 dtype config faults policy
-2 index pagecache
-3 format budget stats
-4 synth buffer
-5 io
-6 weights
-7 cache
-8 model
+0 sys checksum ggml meta policy
+1 dtype
+2 error
+3 config faults index
+4 format pagecache budget
+5 synth buffer stats
+6 io
+7 weights
+8 cache
+9 model
 '
 
 declare -A rank
@@ -47,8 +48,8 @@ for file in $(find src -name '*.rs' ! -path src/lib.rs | sort); do
         if [ -z "${rank[$name]:-}" ]; then
             echo "check-layers: $file:$line: crate::$name is not a module with a layer (use its module path)"
             status=1
-        elif [ "${rank[$name]}" -gt "${rank[$top]}" ]; then
-            echo "check-layers: $file:$line: $top (layer ${rank[$top]}) uses $name (layer ${rank[$name]}), a higher layer"
+        elif [ "${rank[$name]}" -ge "${rank[$top]}" ]; then
+            echo "check-layers: $file:$line: $top (layer ${rank[$top]}) uses $name (layer ${rank[$name]}), not a lower layer"
             status=1
         fi
     done < <(sed 's://.*$::' "$file" | grep -noE 'crate::[A-Za-z_][A-Za-z0-9_]*' | sed 's/crate:://')

@@ -8,6 +8,8 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::dtype::DType;
+
 /// A `Result` whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -153,6 +155,20 @@ pub enum Error {
         path: Arc<Path>,
         /// The layer.
         layer: usize,
+    },
+    /// A tensor's elements were asked for as a type that its dtype cannot be
+    /// read as ([`TensorView::to_vec`](crate::TensorView::to_vec),
+    /// [`to_f32_vec`](crate::TensorView::to_f32_vec) …).
+    #[error("tensor {tensor:?} of dtype {dtype} cannot be read as {requested}: {reason}")]
+    DTypeMismatch {
+        /// The tensor's name.
+        tensor: String,
+        /// Its dtype.
+        dtype: DType,
+        /// The type asked for (`f32`, `u16` …).
+        requested: &'static str,
+        /// Why not (the element sizes differ …).
+        reason: String,
     },
 }
 

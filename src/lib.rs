@@ -29,9 +29,14 @@ mod weights;
 pub use config::{Backend, MmapConfig};
 pub use dtype::{DType, GgmlType};
 pub use error::{Error, FormatError, Result};
-pub use index::{FileFormat, FileRange, LayerSpec, ModelIndex, TensorSpec};
+pub use index::{FileFormat, FileRange, LayerSpec, ModelIndex, TensorLocation, TensorSpec};
 #[cfg(feature = "test-hooks")]
 pub use model::ReadGate;
 pub use model::{LayerDescriptor, LayerFetch, MappedModel, Prefetch, DEFAULT_PRIORITY};
 pub use stats::Stats;
-pub use weights::{LayerWeights, TensorView};
+pub use weights::{LayerWeights, TensorHandle, TensorView};
+
+/// The `half` crate, whose `f16` and `bf16` [`TensorView::as_f16`] and
+/// [`TensorView::as_bf16`] return: use it through this path to get the
+/// same version.
+pub use half;

@@ -1359,11 +1359,11 @@ pub(crate) fn read_index(file: &mut File, path: &Arc<Path>, file_len: u64) -> Re
             len: t.len,
         })
         .collect();
-    Ok(ModelIndex {
-        format: FileFormat::Gguf,
-        files: vec![Arc::clone(path)],
-        layers: group(tensors),
-    })
+    Ok(ModelIndex::new(
+        FileFormat::Gguf,
+        vec![Arc::clone(path)],
+        group(tensors),
+    ))
 }
 
 /// Reads the file's prefix, growing it until [`parse`] has what it needs.

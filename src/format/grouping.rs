@@ -27,10 +27,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::dtype::DType;
+pub use crate::index::{block_key, BLOCK_CONTAINERS};
 use crate::index::{FileRange, LayerSpec, TensorSpec};
-
-/// Names of the containers whose numbered children are blocks.
-pub const BLOCK_CONTAINERS: &[&str] = &["layers", "layer", "blk", "h", "blocks", "block"];
 
 /// The largest gap between two tensors of one layer that is read through
 /// rather than split into two ranges.
@@ -46,24 +44,6 @@ pub(crate) struct FileTensor {
     /// Absolute offset in the file.
     pub(crate) offset: u64,
     pub(crate) len: u64,
-}
-
-/// The layer key of a tensor name: the prefix through the block number, if
-/// the name is inside a block.
-pub fn block_key(name: &str) -> Option<&str> {
-    let mut pos = 0;
-    let parts: Vec<&str> = name.split('.').collect();
-    for w in 0..parts.len().saturating_sub(2) {
-        pos += parts[w].len() + 1;
-        let number = parts[w + 1];
-        if BLOCK_CONTAINERS.contains(&parts[w])
-            && !number.is_empty()
-            && number.bytes().all(|b| b.is_ascii_digit())
-        {
-            return Some(&name[..pos + number.len()]);
-        }
-    }
-    None
 }
 
 /// Groups `tensors` into layers. The caller has validated every tensor's

@@ -745,11 +745,11 @@ pub(crate) fn read_file_index(
         .into_iter()
         .map(|t| file_tensor(t, 0))
         .collect();
-    Ok(ModelIndex {
-        format: FileFormat::Safetensors,
-        files: vec![Arc::clone(path)],
-        layers: grouping::group(tensors),
-    })
+    Ok(ModelIndex::new(
+        FileFormat::Safetensors,
+        vec![Arc::clone(path)],
+        grouping::group(tensors),
+    ))
 }
 
 fn file_tensor(t: HeaderTensor, file: usize) -> FileTensor {
@@ -894,11 +894,11 @@ fn read_sharded_index(index_path: &Path) -> Result<ModelIndex> {
             }
         }
     }
-    Ok(ModelIndex {
-        format: FileFormat::Safetensors,
+    Ok(ModelIndex::new(
+        FileFormat::Safetensors,
         files,
-        layers: grouping::group(tensors),
-    })
+        grouping::group(tensors),
+    ))
 }
 
 /// Reads the whole of a small file, refusing one over `limit` bytes before

@@ -257,11 +257,11 @@ pub(crate) fn read_index(file: &mut File, path: &Arc<Path>, file_len: u64) -> Re
     }
 
     let parsed = parse_header(&header, file_len).map_err(|e| Error::format(path, e))?;
-    Ok(ModelIndex {
-        format: FileFormat::Tmai,
-        files: vec![Arc::clone(path)],
-        layers: parsed.layers,
-    })
+    Ok(ModelIndex::new(
+        FileFormat::Tmai,
+        vec![Arc::clone(path)],
+        parsed.layers,
+    ))
 }
 
 /// The fields of the fixed prefix, checked.

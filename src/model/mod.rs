@@ -29,7 +29,7 @@ use crate::config::{Backend, MmapConfig};
 use crate::error::{Error, Result};
 use crate::index::ModelIndex;
 use crate::stats::{Counters, Stats};
-use crate::weights::LayerWeights;
+use crate::weights::{LayerWeights, TensorHandle};
 
 /// A model opened for layer-by-layer loading.
 ///
@@ -311,6 +311,50 @@ impl MappedModel {
             Err(e) => FetchState::Pending(future::ready(Err(e)).boxed()),
         };
         LayerFetch { state }
+    }
+
+    /// Fetches the tensor called `name`: the layer that holds it is fetched
+    /// as by [`layer`](Self::layer) (a hit if it is cached, one shared read
+    /// otherwise), and the handle keeps that layer's bytes alive.
+    ///
+    /// # Cancel safety
+    /// As for [`layer`](Self::layer).
+    ///
+    /// # Errors
+    /// [`Error::TensorNotFound`] if no tensor has that name; otherwise those
+    /// of [`layer`](Self::layer).
+    ///
+    /// # Examples
+    ///
+    /// Reading one tensor of a model without knowing its layer:
+    ///
+    /// ```
+    /// # use hyperion::{synth, MappedModel, MmapConfig};
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    /// # async fn main() -> hyperion::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("model.tmai");
+    /// # synth::write(&path, &synth::SynthSpec { layers: 4, layer_size: 64 << 10, ..Default::default() })?;
+    /// let model = MappedModel::open(&path, MmapConfig::default()).await?;
+    /// let name = model.index().tensor_names().next().unwrap().to_string();
+    /// let tensor = model.tensor(&name).await?;
+    /// assert_eq!(tensor.view().name(), name);
+    /// assert!(model.tensor("no.such.tensor").await.is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn tensor(&self, name: &str) -> Result<TensorHandle> {
+        let s = &self.shared;
+        let (layer, position) = s
+            .index
+            .find_tensor(name)
+            .map(|at| (at.layer, at.position))
+            .ok_or_else(|| Error::TensorNotFound {
+                path: Arc::clone(&s.path),
+                name: name.to_string(),
+            })?;
+        let weights = self.layer(layer).await?;
+        Ok(TensorHandle::new(weights, position))
     }
 
     /// Starts reading layer `layer` in the background, so that a later
