@@ -290,9 +290,35 @@ impl Cache {
         }
     }
 
-    /// Checks the policy's invariants.
+    /// Checks the policy's invariants, and that the policy tracks exactly the
+    /// `Ready` slots: a layer the policy holds resident without a `Ready` slot
+    /// is a phantom it may pick as a victim that frees nothing; a `Ready`
+    /// slot it does not track is never evicted, and its memory never returns
+    /// to the budget while the model is open.
     pub(crate) fn validate(&self) -> Result<(), String> {
-        self.policy.lock().validate()
+        // Lock order: the policy, then shard locks (reading the slots).
+        let policy = self.policy.lock();
+        policy.validate()?;
+        let mut ready: Vec<usize> = self
+            .slots
+            .iter()
+            .filter(|r| matches!(r.value(), Slot::Ready(_)))
+            .map(|r| *r.key())
+            .collect();
+        ready.sort_unstable();
+        let mut resident: Vec<usize> = policy.resident_layers().collect();
+        resident.sort_unstable();
+        if let Some(x) = resident.iter().find(|x| ready.binary_search(x).is_err()) {
+            return Err(format!(
+                "layer {x} is resident for the policy but has no Ready slot"
+            ));
+        }
+        if let Some(x) = ready.iter().find(|x| resident.binary_search(x).is_err()) {
+            return Err(format!(
+                "layer {x} has a Ready slot the policy does not track"
+            ));
+        }
+        Ok(())
     }
 }
 
