@@ -112,6 +112,9 @@ pub(crate) struct Cache {
     /// The eviction policy's single-threaded core. Lock order: this mutex
     /// before any shard lock, never the reverse.
     policy: Mutex<Policy>,
+    /// Test-only callbacks at the points where threads may interleave.
+    #[cfg(test)]
+    probes: probe::Probes,
 }
 
 impl Cache {
@@ -122,7 +125,22 @@ impl Cache {
             slots: SlotMap::default(),
             next_id: AtomicU64::new(0),
             policy: Mutex::new(policy),
+            #[cfg(test)]
+            probes: probe::Probes::default(),
         }
+    }
+
+    /// Locks the policy. In tests, a thread about to block on it first fires
+    /// [`probe::Point::Contended`], so a test can tell that it waits.
+    fn lock_policy(&self) -> parking_lot::MutexGuard<'_, Policy> {
+        #[cfg(test)]
+        {
+            if let Some(policy) = self.policy.try_lock() {
+                return policy;
+            }
+            self.probes.fire(probe::Point::Contended);
+        }
+        self.policy.lock()
     }
 
     /// The cached handle of `layer`, if it is `Ready`. Returns whether that
@@ -205,7 +223,9 @@ impl Cache {
         );
         drop(slot);
         drop(old);
-        self.policy.lock().on_insert(layer);
+        #[cfg(test)]
+        self.probes.fire(probe::Point::Published);
+        self.lock_policy().on_insert(layer);
         if demanded {
             Published::Demanded
         } else {
@@ -227,7 +247,9 @@ impl Cache {
     pub(crate) fn remove(&self, layer: usize) -> Option<Slot> {
         let slot = self.slots.remove(&layer).map(|(_, s)| s);
         if matches!(slot, Some(Slot::Ready(_))) {
-            self.policy.lock().on_remove(layer);
+            #[cfg(test)]
+            self.probes.fire(probe::Point::Removed);
+            self.lock_policy().on_remove(layer);
         }
         slot
     }
@@ -252,7 +274,7 @@ impl Cache {
         target_priority: f32,
     ) -> Option<Entry> {
         // Lock order: the policy, then shard locks (the filter reads slots).
-        let mut policy = self.policy.lock();
+        let mut policy = self.lock_policy();
         replay_accesses(&mut policy, metas);
         loop {
             let candidate = |layer: usize| match self.slots.get(&layer).as_deref() {
@@ -284,7 +306,7 @@ impl Cache {
     /// Sets how many layers the caller reads ahead, so the adaptive policy
     /// leaves that many entries unprotected for them (never lowers it).
     pub(crate) fn reserve_for_prefetch(&self, entries: usize) {
-        let mut policy = self.policy.lock();
+        let mut policy = self.lock_policy();
         if entries > policy.prefetch_reserve() {
             policy.set_prefetch_reserve(entries);
         }
@@ -297,7 +319,7 @@ impl Cache {
     /// to the budget while the model is open.
     pub(crate) fn validate(&self) -> Result<(), String> {
         // Lock order: the policy, then shard locks (reading the slots).
-        let policy = self.policy.lock();
+        let policy = self.lock_policy();
         policy.validate()?;
         let mut ready: Vec<usize> = self
             .slots
@@ -341,4 +363,169 @@ fn replay_accesses(policy: &mut Policy, metas: &[LayerMeta]) {
 /// Clears a flag, returning whether it was set, without writing when it is not.
 fn take_flag(flag: &AtomicBool) -> bool {
     flag.load(Relaxed) && flag.swap(false, Relaxed)
+}
+
+/// Test-only callbacks at the points of the cache where another thread may
+/// run in between, to force one interleaving deterministically.
+#[cfg(test)]
+mod probe {
+    use parking_lot::Mutex;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Point {
+        /// In `publish`: the slot is `Ready`, the policy not told yet.
+        Published,
+        /// In `remove`: a `Ready` slot is gone, the policy not told yet.
+        Removed,
+        /// A thread found the policy mutex held and is about to block on it.
+        Contended,
+    }
+
+    type Callback = Box<dyn FnOnce() + Send>;
+
+    /// Callbacks to run, each once, the next time its point is reached.
+    #[derive(Default)]
+    pub(crate) struct Probes(Mutex<Vec<(Point, Callback)>>);
+
+    impl Probes {
+        /// Runs `f` the next time a thread reaches `point`.
+        pub(crate) fn on(&self, point: Point, f: impl FnOnce() + Send + 'static) {
+            self.0.lock().push((point, Box::new(f)));
+        }
+
+        /// Runs (outside the probes' lock) the first callback set for `point`.
+        pub(crate) fn fire(&self, point: Point) {
+            let f = {
+                let mut probes = self.0.lock();
+                let i = probes.iter().position(|(p, _)| *p == point);
+                i.map(|i| probes.remove(i).1)
+            };
+            if let Some(f) = f {
+                f();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::probe::Point;
+    use super::*;
+    use crate::{Backend, MappedModel, MmapConfig};
+
+    /// A real layer handle (the cache only stores and clones it), read from a
+    /// small synthetic model.
+    fn weights() -> LayerWeights {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.tmai");
+        let spec = crate::synth::SynthSpec {
+            layers: 2,
+            layer_size: 4096,
+            ..Default::default()
+        };
+        crate::synth::write(&path, &spec).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let config = MmapConfig {
+                backend: Backend::Mmap,
+                ..MmapConfig::default()
+            };
+            let model = MappedModel::open(&path, config).await.unwrap();
+            let w = model.layer(0).await.unwrap();
+            model.close();
+            w
+        })
+    }
+
+    /// Marks `layer` `Loading`, as a fetch that misses does; returns the id.
+    fn start(cache: &Cache, layer: usize) -> u64 {
+        let never =
+            || -> BoxFuture<'static, Result<LayerWeights>> { Box::pin(futures::future::pending()) };
+        match cache.lookup_or_start(layer, Origin::Demand, never).0 {
+            Lookup::Started { id, .. } => id,
+            _ => panic!("layer {layer} was not empty"),
+        }
+    }
+
+    /// `validate`, and the same thing said plainly for one layer.
+    fn check(cache: &Cache, layer: usize) {
+        if let Err(e) = cache.validate() {
+            panic!("{:?}: {e}", cache.policy.lock().kind());
+        }
+        let resident = cache.policy.lock().is_resident(layer);
+        assert_eq!(resident, cache.is_ready(layer), "layer {layer}");
+    }
+
+    const KINDS: [PolicyKind; 2] = [PolicyKind::Lru, PolicyKind::Adaptive];
+
+    /// A release lands in `publish` between the slot turning `Ready` and the
+    /// policy being told: it must not leave the policy tracking a layer that
+    /// has no slot (a phantom `on_insert` after the `on_remove`).
+    #[test]
+    fn a_release_during_publish_leaves_no_phantom_in_the_policy() {
+        let w = weights();
+        for kind in KINDS {
+            let cache = Cache::new(kind, 2, 0);
+            let id = start(&cache, 0);
+            // `publish` stops at the probe until the release has run, or is
+            // blocked on the policy lock (then it runs after `publish`).
+            let (reached, go) = mpsc::channel();
+            let (done, wait) = mpsc::channel();
+            let blocked = done.clone();
+            cache.probes.on(Point::Published, move || {
+                reached.send(()).unwrap();
+                wait.recv().unwrap();
+            });
+            cache.probes.on(Point::Contended, move || {
+                let _ = blocked.send("blocked");
+            });
+            let cache = &cache;
+            std::thread::scope(|s| {
+                s.spawn(move || {
+                    go.recv().unwrap();
+                    drop(cache.remove(0));
+                    let _ = done.send("released");
+                });
+                cache.publish(0, id, w.clone(), false);
+            });
+            check(cache, 0);
+        }
+    }
+
+    /// A new read of the layer is published in `remove` between the slot
+    /// leaving and the policy being told: the new `Ready` slot must stay
+    /// tracked by the policy (else it is never evicted).
+    #[test]
+    fn a_publish_during_release_stays_tracked_by_the_policy() {
+        let w = weights();
+        for kind in KINDS {
+            let cache = Cache::new(kind, 2, 0);
+            let id = start(&cache, 0);
+            cache.publish(0, id, w.clone(), false);
+            check(&cache, 0);
+            let (reached, go) = mpsc::channel();
+            let (done, wait) = mpsc::channel();
+            let blocked = done.clone();
+            cache.probes.on(Point::Removed, move || {
+                reached.send(()).unwrap();
+                wait.recv().unwrap();
+            });
+            cache.probes.on(Point::Contended, move || {
+                let _ = blocked.send("blocked");
+            });
+            std::thread::scope(|s| {
+                s.spawn(|| drop(cache.remove(0)));
+                go.recv().unwrap();
+                let id = start(&cache, 0);
+                cache.publish(0, id, w.clone(), false);
+                let _ = done.send("published");
+            });
+            check(&cache, 0);
+        }
+    }
 }
