@@ -12,6 +12,12 @@
 //! checked under the shard's write lock at removal, where no hit can clone the
 //! handle concurrently, so an eviction always frees the memory it counts on.
 //! Evicted entries are returned to the caller and dropped outside every lock.
+//!
+//! The policy tracks exactly the `Ready` slots: every change into or out of
+//! `Ready` (`publish`, `remove`, `drain`, `evict_one`) changes the slot and
+//! tells the policy under one hold of the policy lock, taken before the shard
+//! lock. Hits and `Loading` slots (`lookup_or_start`, `abandon`) take shard
+//! locks only; the policy never sees a `Loading` slot.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
@@ -110,7 +116,8 @@ pub(crate) struct Cache {
     slots: SlotMap,
     next_id: AtomicU64,
     /// The eviction policy's single-threaded core. Lock order: this mutex
-    /// before any shard lock, never the reverse.
+    /// before any shard lock, never the reverse. Held across every change
+    /// into or out of `Ready`, so its resident set is the `Ready` slots.
     policy: Mutex<Policy>,
     /// Test-only callbacks at the points where threads may interleave.
     #[cfg(test)]
@@ -205,14 +212,54 @@ impl Cache {
         weights: LayerWeights,
         prefetched: bool,
     ) -> Published {
+        // The slot turns `Ready` and the policy learns of it under one hold
+        // of the policy lock, so a release cannot come in between (it would
+        // `on_remove` a layer not inserted yet, then this `on_insert` would
+        // track a layer with no slot). Lock order: the policy, then the shard.
+        let mut policy = self.lock_policy();
+        let swapped = self.swap_in(layer, id, weights, prefetched);
+        if swapped.is_ok() {
+            #[cfg(test)]
+            self.probes.fire(probe::Point::Published);
+            policy.on_insert(layer);
+        }
+        drop(policy);
+        // Outside the locks: the `Loading` slot's future, or the weights of
+        // a read that was detached, may be the last handle to their memory.
+        match swapped {
+            Ok((old, demanded)) => {
+                drop(old);
+                if demanded {
+                    Published::Demanded
+                } else {
+                    Published::Cached
+                }
+            }
+            Err(weights) => {
+                drop(weights);
+                Published::Detached
+            }
+        }
+    }
+
+    /// Replaces the `Loading` slot `id` with `Ready(weights)`; returns the old
+    /// slot and whether a fetch joined the read, or the weights back if the
+    /// slot is gone or belongs to another read. Call it with the policy locked.
+    fn swap_in(
+        &self,
+        layer: usize,
+        id: u64,
+        weights: LayerWeights,
+        prefetched: bool,
+    ) -> Result<(Slot, bool), LayerWeights> {
         let Some(mut slot) = self.slots.get_mut(&layer) else {
-            return Published::Detached;
+            return Err(weights);
         };
         let demanded = match &*slot {
             Slot::Loading {
                 id: cur, demanded, ..
             } if *cur == id => demanded.load(Relaxed),
-            _ => return Published::Detached,
+            _ => return Err(weights),
         };
         let old = std::mem::replace(
             &mut *slot,
@@ -221,19 +268,11 @@ impl Cache {
                 prefetched_unused: AtomicBool::new(prefetched && !demanded),
             }),
         );
-        drop(slot);
-        drop(old);
-        #[cfg(test)]
-        self.probes.fire(probe::Point::Published);
-        self.lock_policy().on_insert(layer);
-        if demanded {
-            Published::Demanded
-        } else {
-            Published::Cached
-        }
+        Ok((old, demanded))
     }
 
     /// Removes the `Loading` slot `id` after its read failed or was dropped.
+    /// A `Loading` slot is not in the policy, so this takes no policy lock.
     pub(crate) fn abandon(&self, layer: usize, id: u64) {
         let removed = self.slots.remove_if(
             &layer,
@@ -245,19 +284,31 @@ impl Cache {
     /// Removes `layer`'s slot, whatever its state. Returns the entry if it was
     /// `Ready`, to be dropped by the caller outside the lock.
     pub(crate) fn remove(&self, layer: usize) -> Option<Slot> {
+        // As in `publish`: the slot leaves and the policy forgets it under one
+        // hold of the policy lock, so a new read of the layer cannot be
+        // published in between and then be forgotten by this `on_remove`.
+        let mut policy = self.lock_policy();
+        self.remove_locked(&mut policy, layer)
+    }
+
+    /// [`Cache::remove`], with the policy already locked.
+    fn remove_locked(&self, policy: &mut Policy, layer: usize) -> Option<Slot> {
         let slot = self.slots.remove(&layer).map(|(_, s)| s);
         if matches!(slot, Some(Slot::Ready(_))) {
             #[cfg(test)]
             self.probes.fire(probe::Point::Removed);
-            self.lock_policy().on_remove(layer);
+            policy.on_remove(layer);
         }
         slot
     }
 
     /// Removes every slot; returns them for dropping outside the locks.
     pub(crate) fn drain(&self) -> Vec<Slot> {
+        let mut policy = self.lock_policy();
         let keys: Vec<usize> = self.slots.iter().map(|r| *r.key()).collect();
-        keys.into_iter().filter_map(|k| self.remove(k)).collect()
+        keys.into_iter()
+            .filter_map(|k| self.remove_locked(&mut policy, k))
+            .collect()
     }
 
     /// Evicts one unheld `Ready` entry chosen by the policy, if there is one,
@@ -318,7 +369,9 @@ impl Cache {
     /// slot it does not track is never evicted, and its memory never returns
     /// to the budget while the model is open.
     pub(crate) fn validate(&self) -> Result<(), String> {
-        // Lock order: the policy, then shard locks (reading the slots).
+        // Lock order: the policy, then shard locks (reading the slots). With
+        // the policy locked no slot enters or leaves `Ready`, so the check is
+        // exact even while other threads use the cache.
         let policy = self.lock_policy();
         policy.validate()?;
         let mut ready: Vec<usize> = self
