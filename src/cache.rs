@@ -19,12 +19,15 @@
 //! lock. Hits and `Loading` slots (`lookup_or_start`, `abandon`) take shard
 //! locks only; the policy never sees a `Loading` slot.
 
+use std::ops::DerefMut;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 use futures::future::{BoxFuture, Shared};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
+
+use self::probe::{Point, Probes};
 
 use crate::error::Result;
 use crate::model::LayerMeta;
@@ -112,40 +115,146 @@ impl std::hash::Hasher for IndexHasher {
 
 type SlotMap = DashMap<usize, Slot, std::hash::BuildHasherDefault<IndexHasher>>;
 
-pub(crate) struct Cache {
-    slots: SlotMap,
+/// The locks a [`Cache`] is built on. Production uses [`Real`] (DashMap's
+/// shard locks and a parking_lot mutex); the tests also run the same cache
+/// code on shuttle's instrumented locks, which explore thread schedules.
+pub(crate) trait Locks {
+    type Slots: Slots;
+    type Policy: PolicyLock;
+}
+
+/// The locks of the real cache.
+pub(crate) enum Real {}
+
+impl Locks for Real {
+    type Slots = SlotMap;
+    type Policy = Mutex<Policy>;
+}
+
+/// The slot map: what the cache does to a slot, each under one shard lock
+/// (a layer's shard is fixed).
+pub(crate) trait Slots: Default {
+    /// `f` of `layer`'s slot, under the shard's read lock.
+    fn read<R>(&self, layer: usize, f: impl FnOnce(&Slot) -> R) -> Option<R>;
+    /// `f` of `layer`'s slot, under the shard's write lock.
+    fn write<R>(&self, layer: usize, f: impl FnOnce(&mut Slot) -> R) -> Option<R>;
+    /// Under the shard's write lock: `found` of `layer`'s slot, or, if there
+    /// is none, the result of `vacant`, whose slot is inserted.
+    fn find_or_insert<R>(
+        &self,
+        layer: usize,
+        found: impl FnOnce(&Slot) -> R,
+        vacant: impl FnOnce() -> (Slot, R),
+    ) -> R;
+    /// Removes `layer`'s slot if `remove` accepts it, under the write lock.
+    fn remove_if(&self, layer: usize, remove: impl FnOnce(&Slot) -> bool) -> Option<Slot>;
+    /// The layers whose slot `select` accepts, one shard at a time (a slot
+    /// that changes meanwhile may or may not be listed).
+    fn layers(&self, select: impl FnMut(&Slot) -> bool) -> Vec<usize>;
+}
+
+impl Slots for SlotMap {
+    fn read<R>(&self, layer: usize, f: impl FnOnce(&Slot) -> R) -> Option<R> {
+        self.get(&layer).map(|slot| f(&slot))
+    }
+
+    fn write<R>(&self, layer: usize, f: impl FnOnce(&mut Slot) -> R) -> Option<R> {
+        self.get_mut(&layer).map(|mut slot| f(&mut slot))
+    }
+
+    fn find_or_insert<R>(
+        &self,
+        layer: usize,
+        found: impl FnOnce(&Slot) -> R,
+        vacant: impl FnOnce() -> (Slot, R),
+    ) -> R {
+        match self.entry(layer) {
+            MapEntry::Occupied(o) => found(o.get()),
+            MapEntry::Vacant(v) => {
+                let (slot, r) = vacant();
+                v.insert(slot);
+                r
+            }
+        }
+    }
+
+    fn remove_if(&self, layer: usize, remove: impl FnOnce(&Slot) -> bool) -> Option<Slot> {
+        DashMap::remove_if(self, &layer, |_, slot| remove(slot)).map(|(_, slot)| slot)
+    }
+
+    fn layers(&self, mut select: impl FnMut(&Slot) -> bool) -> Vec<usize> {
+        self.iter()
+            .filter(|r| select(r.value()))
+            .map(|r| *r.key())
+            .collect()
+    }
+}
+
+/// The mutex around the policy core.
+pub(crate) trait PolicyLock {
+    type Guard<'a>: DerefMut<Target = Policy>
+    where
+        Self: 'a;
+    fn new(policy: Policy) -> Self;
+    fn lock(&self) -> Self::Guard<'_>;
+    fn try_lock(&self) -> Option<Self::Guard<'_>>;
+}
+
+impl PolicyLock for Mutex<Policy> {
+    type Guard<'a> = MutexGuard<'a, Policy>;
+
+    fn new(policy: Policy) -> Self {
+        Mutex::new(policy)
+    }
+
+    fn lock(&self) -> Self::Guard<'_> {
+        Mutex::lock(self)
+    }
+
+    fn try_lock(&self) -> Option<Self::Guard<'_>> {
+        Mutex::try_lock(self)
+    }
+}
+
+pub(crate) struct Cache<L: Locks = Real> {
+    slots: L::Slots,
     next_id: AtomicU64,
     /// The eviction policy's single-threaded core. Lock order: this mutex
     /// before any shard lock, never the reverse. Held across every change
     /// into or out of `Ready`, so its resident set is the `Ready` slots.
-    policy: Mutex<Policy>,
-    /// Test-only callbacks at the points where threads may interleave.
-    #[cfg(test)]
-    probes: probe::Probes,
+    policy: L::Policy,
+    /// Test-only callbacks at the points where threads may interleave
+    /// (nothing outside tests).
+    probes: Probes,
 }
 
 impl Cache {
     pub(crate) fn new(kind: PolicyKind, layers: usize, prefetch_reserve: usize) -> Self {
+        Self::with_locks(kind, layers, prefetch_reserve)
+    }
+}
+
+impl<L: Locks> Cache<L> {
+    /// [`Cache::new`], on the locks `L`.
+    fn with_locks(kind: PolicyKind, layers: usize, prefetch_reserve: usize) -> Self {
         let mut policy = Policy::new(kind, layers);
         policy.set_prefetch_reserve(prefetch_reserve);
         Cache {
-            slots: SlotMap::default(),
+            slots: L::Slots::default(),
             next_id: AtomicU64::new(0),
-            policy: Mutex::new(policy),
-            #[cfg(test)]
-            probes: probe::Probes::default(),
+            policy: L::Policy::new(policy),
+            probes: Probes::default(),
         }
     }
 
     /// Locks the policy. In tests, a thread about to block on it first fires
-    /// [`probe::Point::Contended`], so a test can tell that it waits.
-    fn lock_policy(&self) -> parking_lot::MutexGuard<'_, Policy> {
-        #[cfg(test)]
-        {
+    /// [`Point::Contended`], so a test can tell that it waits.
+    fn lock_policy(&self) -> <L::Policy as PolicyLock>::Guard<'_> {
+        if cfg!(test) {
             if let Some(policy) = self.policy.try_lock() {
                 return policy;
             }
-            self.probes.fire(probe::Point::Contended);
+            self.probes.fire(Point::Contended);
         }
         self.policy.lock()
     }
@@ -153,19 +262,22 @@ impl Cache {
     /// The cached handle of `layer`, if it is `Ready`. Returns whether that
     /// was the first use of a prefetched layer too.
     pub(crate) fn get_ready(&self, layer: usize) -> Option<(LayerWeights, bool)> {
-        let slot = self.slots.get(&layer)?;
-        match &*slot {
-            Slot::Ready(e) => Some((e.weights.clone(), take_flag(&e.prefetched_unused))),
-            Slot::Loading { .. } => None,
-        }
+        self.slots
+            .read(layer, |slot| match slot {
+                Slot::Ready(e) => Some((e.weights.clone(), take_flag(&e.prefetched_unused))),
+                Slot::Loading { .. } => None,
+            })
+            .flatten()
     }
 
     pub(crate) fn contains(&self, layer: usize) -> bool {
-        self.slots.contains_key(&layer)
+        self.slots.read(layer, |_| ()).is_some()
     }
 
     pub(crate) fn is_ready(&self, layer: usize) -> bool {
-        matches!(self.slots.get(&layer).as_deref(), Some(Slot::Ready(_)))
+        self.slots
+            .read(layer, |slot| matches!(slot, Slot::Ready(_)))
+            .unwrap_or(false)
     }
 
     /// Finds `layer`, or marks it `Loading` with the future `make` builds.
@@ -177,30 +289,29 @@ impl Cache {
         make: impl FnOnce() -> BoxFuture<'static, Result<LayerWeights>>,
     ) -> (Lookup, bool) {
         let demand = origin == Origin::Demand;
-        match self.slots.entry(layer) {
-            MapEntry::Occupied(o) => match o.get() {
-                Slot::Ready(e) => (
-                    Lookup::Hit(e.weights.clone()),
-                    demand && take_flag(&e.prefetched_unused),
-                ),
-                Slot::Loading { done, demanded, .. } => {
-                    if demand {
-                        demanded.store(true, Relaxed);
-                    }
-                    (Lookup::Wait(done.clone()), false)
+        let found = |slot: &Slot| match slot {
+            Slot::Ready(e) => (
+                Lookup::Hit(e.weights.clone()),
+                demand && take_flag(&e.prefetched_unused),
+            ),
+            Slot::Loading { done, demanded, .. } => {
+                if demand {
+                    demanded.store(true, Relaxed);
                 }
-            },
-            MapEntry::Vacant(v) => {
-                let id = self.next_id.fetch_add(1, Relaxed);
-                let done = futures::FutureExt::shared(make());
-                v.insert(Slot::Loading {
-                    id,
-                    done: done.clone(),
-                    demanded: AtomicBool::new(false),
-                });
-                (Lookup::Started { id, done }, false)
+                (Lookup::Wait(done.clone()), false)
             }
-        }
+        };
+        let vacant = || {
+            let id = self.next_id.fetch_add(1, Relaxed);
+            let done = futures::FutureExt::shared(make());
+            let slot = Slot::Loading {
+                id,
+                done: done.clone(),
+                demanded: AtomicBool::new(false),
+            };
+            (slot, (Lookup::Started { id, done }, false))
+        };
+        self.slots.find_or_insert(layer, found, vacant)
     }
 
     /// Turns the `Loading` slot `id` into a `Ready` entry. A prefetched layer
@@ -219,8 +330,7 @@ impl Cache {
         let mut policy = self.lock_policy();
         let swapped = self.swap_in(layer, id, weights, prefetched);
         if swapped.is_ok() {
-            #[cfg(test)]
-            self.probes.fire(probe::Point::Published);
+            self.probes.fire(Point::Published);
             policy.on_insert(layer);
         }
         drop(policy);
@@ -252,31 +362,33 @@ impl Cache {
         weights: LayerWeights,
         prefetched: bool,
     ) -> Result<(Slot, bool), LayerWeights> {
-        let Some(mut slot) = self.slots.get_mut(&layer) else {
-            return Err(weights);
-        };
-        let demanded = match &*slot {
-            Slot::Loading {
-                id: cur, demanded, ..
-            } if *cur == id => demanded.load(Relaxed),
-            _ => return Err(weights),
-        };
-        let old = std::mem::replace(
-            &mut *slot,
-            Slot::Ready(Entry {
-                weights,
+        let mut weights = Some(weights);
+        let swapped = self.slots.write(layer, |slot| {
+            let demanded = match &*slot {
+                Slot::Loading {
+                    id: cur, demanded, ..
+                } if *cur == id => demanded.load(Relaxed),
+                _ => return None,
+            };
+            let ready = Slot::Ready(Entry {
+                weights: weights.take()?,
                 prefetched_unused: AtomicBool::new(prefetched && !demanded),
-            }),
-        );
-        Ok((old, demanded))
+            });
+            Some((std::mem::replace(slot, ready), demanded))
+        });
+        match (swapped.flatten(), weights) {
+            (Some(swapped), _) => Ok(swapped),
+            (None, Some(weights)) => Err(weights),
+            (None, None) => unreachable!("the weights are taken only on success"),
+        }
     }
 
     /// Removes the `Loading` slot `id` after its read failed or was dropped.
     /// A `Loading` slot is not in the policy, so this takes no policy lock.
     pub(crate) fn abandon(&self, layer: usize, id: u64) {
         let removed = self.slots.remove_if(
-            &layer,
-            |_, s| matches!(s, Slot::Loading { id: cur, .. } if *cur == id),
+            layer,
+            |s| matches!(s, Slot::Loading { id: cur, .. } if *cur == id),
         );
         drop(removed);
     }
@@ -293,10 +405,9 @@ impl Cache {
 
     /// [`Cache::remove`], with the policy already locked.
     fn remove_locked(&self, policy: &mut Policy, layer: usize) -> Option<Slot> {
-        let slot = self.slots.remove(&layer).map(|(_, s)| s);
+        let slot = self.slots.remove_if(layer, |_| true);
         if matches!(slot, Some(Slot::Ready(_))) {
-            #[cfg(test)]
-            self.probes.fire(probe::Point::Removed);
+            self.probes.fire(Point::Removed);
             policy.on_remove(layer);
         }
         slot
@@ -305,9 +416,10 @@ impl Cache {
     /// Removes every slot; returns them for dropping outside the locks.
     pub(crate) fn drain(&self) -> Vec<Slot> {
         let mut policy = self.lock_policy();
-        let keys: Vec<usize> = self.slots.iter().map(|r| *r.key()).collect();
-        keys.into_iter()
-            .filter_map(|k| self.remove_locked(&mut policy, k))
+        let layers = self.slots.layers(|_| true);
+        layers
+            .into_iter()
+            .filter_map(|layer| self.remove_locked(&mut policy, layer))
             .collect()
     }
 
@@ -327,27 +439,42 @@ impl Cache {
         // Lock order: the policy, then shard locks (the filter reads slots).
         let mut policy = self.lock_policy();
         replay_accesses(&mut policy, metas);
+        let priority = |layer: usize| metas[layer].priority();
+        self.evict_locked(&mut policy, origin, target_priority, priority)
+    }
+
+    /// [`Cache::evict_one`], with the policy locked and the hits replayed.
+    fn evict_locked(
+        &self,
+        policy: &mut Policy,
+        origin: Origin,
+        target_priority: f32,
+        priority: impl Fn(usize) -> f32,
+    ) -> Option<Entry> {
         loop {
-            let candidate = |layer: usize| match self.slots.get(&layer).as_deref() {
-                Some(Slot::Ready(e)) => {
-                    e.weights.handle_count() == 1
-                        && (origin == Origin::Demand
-                            || (!e.prefetched_unused.load(Relaxed)
-                                && metas[layer].priority() <= target_priority))
-                }
-                _ => false,
+            let candidate = |layer: usize| {
+                self.slots
+                    .read(layer, |slot| match slot {
+                        Slot::Ready(e) => {
+                            e.weights.handle_count() == 1
+                                && (origin == Origin::Demand
+                                    || (!e.prefetched_unused.load(Relaxed)
+                                        && priority(layer) <= target_priority))
+                        }
+                        Slot::Loading { .. } => false,
+                    })
+                    .unwrap_or(false)
             };
-            let priority = |layer: usize| metas[layer].priority();
             let victim = match origin {
-                Origin::Demand => policy.victim(candidate, priority),
-                Origin::Prefetch => policy.speculative_victim(candidate, priority),
+                Origin::Demand => policy.victim(candidate, &priority),
+                Origin::Prefetch => policy.speculative_victim(candidate, &priority),
             }?;
             // Re-check under the write lock: a hit may have cloned it since.
             let removed = self.slots.remove_if(
-                &victim,
-                |_, s| matches!(s, Slot::Ready(e) if e.weights.handle_count() == 1),
+                victim,
+                |s| matches!(s, Slot::Ready(e) if e.weights.handle_count() == 1),
             );
-            if let Some((_, Slot::Ready(e))) = removed {
+            if let Some(Slot::Ready(e)) = removed {
                 policy.on_remove(victim);
                 return Some(e);
             }
@@ -374,12 +501,7 @@ impl Cache {
         // exact even while other threads use the cache.
         let policy = self.lock_policy();
         policy.validate()?;
-        let mut ready: Vec<usize> = self
-            .slots
-            .iter()
-            .filter(|r| matches!(r.value(), Slot::Ready(_)))
-            .map(|r| *r.key())
-            .collect();
+        let mut ready = self.slots.layers(|slot| matches!(slot, Slot::Ready(_)));
         ready.sort_unstable();
         let mut resident: Vec<usize> = policy.resident_layers().collect();
         resident.sort_unstable();
@@ -419,11 +541,9 @@ fn take_flag(flag: &AtomicBool) -> bool {
 }
 
 /// Test-only callbacks at the points of the cache where another thread may
-/// run in between, to force one interleaving deterministically.
-#[cfg(test)]
+/// run in between, to force one interleaving deterministically. Outside
+/// tests, [`Probes`] is empty and firing a point does nothing.
 mod probe {
-    use parking_lot::Mutex;
-
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub(crate) enum Point {
         /// In `publish`: the slot is `Ready`, the policy not told yet.
@@ -434,12 +554,25 @@ mod probe {
         Contended,
     }
 
+    #[cfg(not(test))]
+    #[derive(Default)]
+    pub(crate) struct Probes {}
+
+    #[cfg(not(test))]
+    impl Probes {
+        #[inline(always)]
+        pub(crate) fn fire(&self, _point: Point) {}
+    }
+
+    #[cfg(test)]
     type Callback = Box<dyn FnOnce() + Send>;
 
     /// Callbacks to run, each once, the next time its point is reached.
+    #[cfg(test)]
     #[derive(Default)]
-    pub(crate) struct Probes(Mutex<Vec<(Point, Callback)>>);
+    pub(crate) struct Probes(parking_lot::Mutex<Vec<(Point, Callback)>>);
 
+    #[cfg(test)]
     impl Probes {
         /// Runs `f` the next time a thread reaches `point`.
         pub(crate) fn on(&self, point: Point, f: impl FnOnce() + Send + 'static) {
@@ -464,7 +597,6 @@ mod probe {
 mod tests {
     use std::sync::mpsc;
 
-    use super::probe::Point;
     use super::*;
     use crate::{Backend, MappedModel, MmapConfig};
 
