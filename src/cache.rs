@@ -600,13 +600,13 @@ mod tests {
     use super::*;
     use crate::{Backend, MappedModel, MmapConfig};
 
-    /// A real layer handle (the cache only stores and clones it), read from a
-    /// small synthetic model.
-    fn weights() -> LayerWeights {
+    /// `n` real layer handles, each from a read of its own (the cache only
+    /// stores, clones and counts them), from a small synthetic model.
+    fn reads(n: usize) -> Vec<LayerWeights> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model.tmai");
         let spec = crate::synth::SynthSpec {
-            layers: 2,
+            layers: 1,
             layer_size: 4096,
             ..Default::default()
         };
@@ -618,13 +618,23 @@ mod tests {
         rt.block_on(async {
             let config = MmapConfig {
                 backend: Backend::Mmap,
+                max_cache_size: (n as u64 + 1) * spec.layer_size,
                 ..MmapConfig::default()
             };
             let model = MappedModel::open(&path, config).await.unwrap();
-            let w = model.layer(0).await.unwrap();
+            let mut handles = Vec::with_capacity(n);
+            for _ in 0..n {
+                handles.push(model.layer(0).await.unwrap());
+                // The next fetch misses and reads again.
+                model.release(0).unwrap();
+            }
             model.close();
-            w
+            handles
         })
+    }
+
+    fn weights() -> LayerWeights {
+        reads(1).pop().unwrap()
     }
 
     /// Marks `layer` `Loading`, as a fetch that misses does; returns the id.
@@ -711,6 +721,214 @@ mod tests {
                 let _ = done.send("published");
             });
             check(&cache, 0);
+        }
+    }
+
+    /// The cache's own code on shuttle's locks, under random schedules of
+    /// threads that fetch, publish, fail reads, release, hit, evict and
+    /// validate. The policy must track exactly the `Ready` slots whenever its
+    /// lock is free (so `validate` must pass mid-run too), and an eviction
+    /// must return an entry no one else holds.
+    ///
+    /// The seed is fixed so runs repeat; set `HYPERION_SHUTTLE_SEED` to try
+    /// others. On a failure shuttle prints the schedule, which
+    /// `shuttle::replay(schedule(kind, pool), "...")` runs again.
+    mod schedules {
+        use std::collections::HashMap;
+        use std::sync::Arc;
+
+        use shuttle::sync::RwLock;
+
+        use super::*;
+
+        enum Shuttle {}
+
+        impl Locks for Shuttle {
+            type Slots = ShardedSlots;
+            type Policy = shuttle::sync::Mutex<Policy>;
+        }
+
+        impl PolicyLock for shuttle::sync::Mutex<Policy> {
+            type Guard<'a> = shuttle::sync::MutexGuard<'a, Policy>;
+
+            fn new(policy: Policy) -> Self {
+                shuttle::sync::Mutex::new(policy)
+            }
+
+            fn lock(&self) -> Self::Guard<'_> {
+                shuttle::sync::Mutex::lock(self).unwrap()
+            }
+
+            fn try_lock(&self) -> Option<Self::Guard<'_>> {
+                shuttle::sync::Mutex::try_lock(self).ok()
+            }
+        }
+
+        /// A slot map of two shards, as DashMap's: a layer's shard is fixed,
+        /// and neighbouring layers are in different shards.
+        #[derive(Default)]
+        struct ShardedSlots([RwLock<HashMap<usize, Slot>>; 2]);
+
+        impl ShardedSlots {
+            fn shard(&self, layer: usize) -> &RwLock<HashMap<usize, Slot>> {
+                &self.0[layer % 2]
+            }
+        }
+
+        impl Slots for ShardedSlots {
+            fn read<R>(&self, layer: usize, f: impl FnOnce(&Slot) -> R) -> Option<R> {
+                self.shard(layer).read().unwrap().get(&layer).map(f)
+            }
+
+            fn write<R>(&self, layer: usize, f: impl FnOnce(&mut Slot) -> R) -> Option<R> {
+                self.shard(layer).write().unwrap().get_mut(&layer).map(f)
+            }
+
+            fn find_or_insert<R>(
+                &self,
+                layer: usize,
+                found: impl FnOnce(&Slot) -> R,
+                vacant: impl FnOnce() -> (Slot, R),
+            ) -> R {
+                let mut shard = self.shard(layer).write().unwrap();
+                if let Some(slot) = shard.get(&layer) {
+                    return found(slot);
+                }
+                let (slot, r) = vacant();
+                shard.insert(layer, slot);
+                r
+            }
+
+            fn remove_if(&self, layer: usize, remove: impl FnOnce(&Slot) -> bool) -> Option<Slot> {
+                let mut shard = self.shard(layer).write().unwrap();
+                if shard.get(&layer).is_some_and(remove) {
+                    shard.remove(&layer)
+                } else {
+                    None
+                }
+            }
+
+            fn layers(&self, mut select: impl FnMut(&Slot) -> bool) -> Vec<usize> {
+                let mut layers = Vec::new();
+                for shard in &self.0 {
+                    let shard = shard.read().unwrap();
+                    layers.extend(shard.iter().filter(|(_, s)| select(s)).map(|(&l, _)| l));
+                }
+                layers
+            }
+        }
+
+        type ShuttleCache = Arc<Cache<Shuttle>>;
+
+        /// A fetch (or prefetch) of `layer`: on a miss, the read runs (a
+        /// scheduling point), then is published, or abandoned if it `fails`.
+        fn fetch(cache: &ShuttleCache, layer: usize, origin: Origin, w: LayerWeights, fails: bool) {
+            let never = || -> BoxFuture<'static, Result<LayerWeights>> {
+                Box::pin(futures::future::pending())
+            };
+            if let (Lookup::Started { id, .. }, _) = cache.lookup_or_start(layer, origin, never) {
+                shuttle::thread::yield_now();
+                if fails {
+                    cache.abandon(layer, id);
+                } else {
+                    cache.publish(layer, id, w, origin == Origin::Prefetch);
+                }
+            }
+        }
+
+        fn evict(cache: &ShuttleCache, origin: Origin) {
+            let mut policy = cache.lock_policy();
+            let evicted = cache.evict_locked(&mut policy, origin, 0.0, |_| 0.0);
+            drop(policy);
+            if let Some(e) = evicted {
+                assert_eq!(e.weights.handle_count(), 1, "evicted a held entry");
+            }
+        }
+
+        fn validate(cache: &ShuttleCache) {
+            if let Err(e) = cache.validate() {
+                panic!("{e}");
+            }
+        }
+
+        /// Handles each run takes from the pool.
+        const HANDLES: usize = 4;
+
+        /// One run: four threads on one cache of three layers.
+        fn schedule(
+            kind: PolicyKind,
+            pool: Arc<std::sync::Mutex<Vec<LayerWeights>>>,
+        ) -> impl Fn() + Send + Sync + 'static {
+            move || {
+                let cache: ShuttleCache = Arc::new(Cache::with_locks(kind, 3, 0));
+                let mut w = {
+                    let mut pool = pool.lock().unwrap();
+                    let rest = pool.len().checked_sub(HANDLES).expect("pool too small");
+                    pool.split_off(rest)
+                };
+                let (w0, w1, w2, w3) = (w.pop(), w.pop(), w.pop(), w.pop());
+                let (w0, w1, w2, w3) = (w0.unwrap(), w1.unwrap(), w2.unwrap(), w3.unwrap());
+                let threads = [
+                    shuttle::thread::spawn({
+                        let c = Arc::clone(&cache);
+                        move || {
+                            fetch(&c, 0, Origin::Demand, w0, false);
+                            fetch(&c, 1, Origin::Demand, w1, false);
+                        }
+                    }),
+                    shuttle::thread::spawn({
+                        let c = Arc::clone(&cache);
+                        move || {
+                            fetch(&c, 0, Origin::Prefetch, w2, false);
+                            drop(c.remove(1));
+                            validate(&c);
+                        }
+                    }),
+                    shuttle::thread::spawn({
+                        let c = Arc::clone(&cache);
+                        move || {
+                            drop(c.remove(0));
+                            evict(&c, Origin::Demand);
+                            fetch(&c, 2, Origin::Demand, w3, true);
+                        }
+                    }),
+                    shuttle::thread::spawn({
+                        let c = Arc::clone(&cache);
+                        move || {
+                            validate(&c);
+                            let held = c.get_ready(0);
+                            evict(&c, Origin::Prefetch);
+                            drop(held);
+                            validate(&c);
+                        }
+                    }),
+                ];
+                for t in threads {
+                    t.join().unwrap();
+                }
+                validate(&cache);
+                drop(cache.drain());
+                validate(&cache);
+                assert_eq!(cache.lock_policy().resident_count(), 0);
+            }
+        }
+
+        fn check(kind: PolicyKind) {
+            const ITERATIONS: usize = 1000;
+            let seed = std::env::var("HYPERION_SHUTTLE_SEED")
+                .map_or(0x4859_5045, |s| s.parse().expect("HYPERION_SHUTTLE_SEED"));
+            let pool = Arc::new(std::sync::Mutex::new(reads(ITERATIONS * HANDLES)));
+            shuttle::check_random_with_seed(schedule(kind, pool), seed, ITERATIONS);
+        }
+
+        #[test]
+        fn the_policy_tracks_the_ready_slots_under_random_schedules_lru() {
+            check(PolicyKind::Lru);
+        }
+
+        #[test]
+        fn the_policy_tracks_the_ready_slots_under_random_schedules_adaptive() {
+            check(PolicyKind::Adaptive);
         }
     }
 }
