@@ -170,6 +170,12 @@ impl Policy {
         self.lru.len()
     }
 
+    /// The resident layers, least recently used first (the LRU order, whatever
+    /// the kind), so a cache can check them against what it holds.
+    pub fn resident_layers(&self) -> impl Iterator<Item = usize> + '_ {
+        self.lru.iter()
+    }
+
     /// The capacity, in entries, the policy plans for: the hint if one was
     /// given, otherwise the number of resident layers when the latest run of
     /// evictions began, or `None` before the first eviction.
