@@ -123,7 +123,7 @@ async fn random_operations(backend: Backend, adaptive: bool, cache_first_half: b
     assert_eq!(over_budget.load(Relaxed), 0);
     assert!(s.peak_memory <= budget, "peak {} > {budget}", s.peak_memory);
     assert!(s.evictions > 0 && s.reads > layers as u64);
-    if backend == Backend::IoUring {
+    if common::fills_buffers(backend) {
         assert!(s.pool_reuses > 0, "the pool was never used: {s:?}");
     }
     if cache_first_half && common::direct_io_works(&m.path) {

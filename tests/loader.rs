@@ -46,7 +46,7 @@ async fn every_layer_arrives_bit_exact(backend: Backend) {
     // Odd sizes: the last layer does not end on a block boundary before padding.
     let m = TestModel::new(6, 300 * KIB + 12);
     let model = m.open(config(backend, 4 << 20)).await;
-    assert_eq!(model.backend(), backend);
+    common::assert_engine(&model, backend);
     assert_eq!(model.layer_count(), 6);
     for i in (0..6).rev() {
         let w = model.layer(i).await.unwrap();
@@ -716,15 +716,23 @@ async fn the_granule_rounds_every_charge(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_backend_returns_identical_bytes() {
     let m = TestModel::new(5, 200 * KIB + 4);
-    let a = m.open(config(Backend::IoUring, 4 << 20)).await;
-    let b = m.open(config(Backend::Mmap, 4 << 20)).await;
-    let c = m.open(config(Backend::Pread, 4 << 20)).await;
+    let mut models = Vec::new();
+    for &backend in common::ENGINES {
+        models.push((backend, m.open(config(backend, 4 << 20)).await));
+    }
     for i in 0..5 {
-        let (x, y) = (a.layer(i).await.unwrap(), b.layer(i).await.unwrap());
-        let z = c.layer(i).await.unwrap();
-        assert_eq!(&x[..], &y[..]);
-        assert_eq!(&x[..], &z[..]);
-        assert!(!x.is_mapped() && y.is_mapped() && !z.is_mapped());
+        let first = models[0].1.layer(i).await.unwrap();
+        m.check(i, &first);
+        for (backend, model) in &models {
+            let w = model.layer(i).await.unwrap();
+            assert_eq!(&w[..], &first[..], "{backend:?}, layer {i}");
+            // Only mmap returns views of the file; the others fill buffers.
+            assert_eq!(
+                w.is_mapped(),
+                !common::fills_buffers(*backend),
+                "{backend:?}"
+            );
+        }
     }
 }
 
@@ -755,7 +763,9 @@ async fn auto_reads_through_the_page_cache_with_pread() {
 /// cache); the bytes are the same either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_reads_copy_cached_chunks_from_the_page_cache() {
-    for backend in [Backend::IoUring, Backend::Pread, Backend::Auto] {
+    // The engines that read with `O_DIRECT` (mmap reads through the page
+    // cache, always).
+    for backend in common::buffer_engines() {
         let layer = 1 << 20;
         let m = TestModel::new(4, layer);
         let direct = common::direct_io_works(&m.path);

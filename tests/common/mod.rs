@@ -149,35 +149,136 @@ pub async fn close_and_expect_freed(model: MappedModel) {
     .await;
 }
 
-/// Every engine a model can be opened with explicitly, for tests that loop.
-pub const ALL_BACKENDS: [Backend; 3] = [Backend::IoUring, Backend::Pread, Backend::Mmap];
+/// The engines every engine-parametrised test runs on, in one table:
+/// `Auto`, the default, first, then each engine a model can be opened with
+/// explicitly. [`ENGINES`], [`buffer_engines`], [`on_all_backends!`] and
+/// [`on_buffer_backends!`] are all made from it, so no test file keeps a
+/// list of its own. Each row: the name of the module of generated tests,
+/// the `Backend` variant, and what the engine returns a layer in: a buffer
+/// it fills (`buffers`: pooled, read in chunk requests, hashed while read)
+/// or a view of a mapping of the file (`views`).
+///
+/// `with_engines!(m![args])` expands to `m!{ [args] row, row, … }`.
+#[macro_export]
+macro_rules! with_engines {
+    ($then:ident ! $args:tt) => {
+        $crate::$then! { $args
+            auto Auto buffers,
+            io_uring IoUring buffers,
+            pread Pread buffers,
+            mmap Mmap views,
+        }
+    };
+}
+
+/// [`with_engines!`]'s rows as the constants and the predicate below.
+#[macro_export]
+macro_rules! engine_consts {
+    ([] $($module:ident $variant:ident $kind:ident,)*) => {
+        /// Every engine, `Auto` (the default) first: what tests that loop
+        /// over engines loop over.
+        pub const ENGINES: &[hyperion::Backend] = &[$(hyperion::Backend::$variant),*];
+
+        /// Whether `backend` returns layers in buffers it fills (every
+        /// engine but mmap, whose layers are views of the file).
+        pub fn fills_buffers(backend: hyperion::Backend) -> bool {
+            match backend {
+                $(hyperion::Backend::$variant => $crate::engine_kind_is_buffers!($kind),)*
+                other => panic!("{other:?} is missing from with_engines!"),
+            }
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! engine_kind_is_buffers {
+    (buffers) => {
+        true
+    };
+    (views) => {
+        false
+    };
+}
+
+with_engines!(engine_consts![]);
+
+/// The engines that read into buffers they fill: the ones with a buffer
+/// pool, chunk requests (short reads, `read_chunk_size`), `O_DIRECT` and
+/// checksums computed while reading. Every engine but mmap.
+pub fn buffer_engines() -> impl Iterator<Item = Backend> {
+    ENGINES.iter().copied().filter(|&b| fills_buffers(b))
+}
+
+/// Checks that `model`, opened with `asked`, reads with the engine it should:
+/// the one asked for, or for `Auto` io_uring or its pread fallback (never
+/// mmap, and never `Auto` itself). Which of the two `Auto` picks on this
+/// machine is `loader.rs: auto_picks_io_uring_where_the_kernel_allows`.
+pub fn assert_engine(model: &MappedModel, asked: Backend) {
+    let got = model.backend();
+    match asked {
+        Backend::Auto => assert!(
+            matches!(got, Backend::IoUring | Backend::Pread),
+            "Auto must read with io_uring or pread, not {got:?}"
+        ),
+        _ => assert_eq!(got, asked),
+    }
+}
 
 /// Generates `#[tokio::test]`s that run each named `async fn(Backend)` once
-/// per engine: modules `io_uring`, `pread` and `mmap`.
+/// per engine of [`with_engines!`]: modules `auto`, `io_uring`, `pread` and
+/// `mmap`.
 #[macro_export]
 macro_rules! on_all_backends {
     ($($name:ident),* $(,)?) => {
-        mod io_uring {
+        $crate::with_engines!(engine_tests_all![$($name),*]);
+    };
+}
+
+/// [`on_all_backends!`] for the engines that fill buffers
+/// ([`fills_buffers`]): modules `auto`, `io_uring` and `pread`, for tests of
+/// what only those engines have (the buffer pool, chunk requests).
+#[macro_export]
+macro_rules! on_buffer_backends {
+    ($($name:ident),* $(,)?) => {
+        $crate::with_engines!(engine_tests_buffers![$($name),*]);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! engine_tests_all {
+    ($names:tt $($module:ident $variant:ident $kind:ident,)*) => {
+        $($crate::engine_test_module!($module $variant $names);)*
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! engine_tests_buffers {
+    ($names:tt $($module:ident $variant:ident $kind:ident,)*) => {
+        $($crate::engine_test_module_if_buffers!($kind $module $variant $names);)*
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! engine_test_module_if_buffers {
+    (buffers $($rest:tt)*) => {
+        $crate::engine_test_module!($($rest)*);
+    };
+    (views $($rest:tt)*) => {};
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! engine_test_module {
+    ($module:ident $variant:ident [$($name:ident),*]) => {
+        mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name(hyperion::Backend::IoUring).await
-                }
-            )*
-        }
-        mod pread {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(hyperion::Backend::Pread).await
-                }
-            )*
-        }
-        mod mmap {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(hyperion::Backend::Mmap).await
+                    super::$name(hyperion::Backend::$variant).await
                 }
             )*
         }
@@ -185,7 +286,7 @@ macro_rules! on_all_backends {
 }
 
 /// The name [`on_all_backends!`] had when there were two engines; kept so
-/// that tests written against it still compile (and run on all three).
+/// that tests written against it still compile (and run on every engine).
 #[macro_export]
 macro_rules! on_both_backends {
     ($($t:tt)*) => {
