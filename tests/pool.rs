@@ -148,7 +148,11 @@ async fn a_fetch_waiting_for_memory_takes_a_buffer_pooled_meanwhile(backend: Bac
     let b = model.layer(1).await.unwrap();
     model.release(0).unwrap();
     model.release(1).unwrap();
-    // Everything is held: the fetch waits.
+    // Everything is held: the fetch waits. Nothing the model reports says
+    // when its read has begun to wait for memory (no counter of fetches
+    // waiting, and the read gate comes after the reservation), so it is
+    // given 50 ms to get there; if it has not, the test still checks that
+    // the buffer pooled by the drop is the one the read takes.
     let waiting = tokio::spawn(model.layer(2));
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!waiting.is_finished());

@@ -4,11 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::FutureExt;
 use hyperion::synth::SynthSpec;
 use hyperion::{Backend, MappedModel, MmapConfig, ReadGate};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 pub const KIB: u64 = 1024;
 
@@ -60,6 +61,11 @@ pub fn path_of(m: &TestModel) -> &Path {
     &m.path
 }
 
+/// How long a deterministic wait ([`Gate::wait_entered`], [`eventually`])
+/// waits for its condition before it fails the test: generous, since the
+/// machine may be busy; only a test that is failing waits this long.
+pub const WAIT_LIMIT: Duration = Duration::from_secs(30);
+
 /// A read gate the test controls: every read waits for a permit, and the
 /// gate records how many reads were waiting or running at once.
 #[derive(Clone)]
@@ -68,6 +74,10 @@ pub struct Gate {
     pub inside: Arc<AtomicUsize>,
     pub peak: Arc<AtomicUsize>,
     pub entered: Arc<AtomicUsize>,
+    /// Reads that got their permit and went on to the engine.
+    pub passed: Arc<AtomicUsize>,
+    /// Notified each time a read reaches the gate.
+    arrived: Arc<Notify>,
 }
 
 impl Gate {
@@ -77,6 +87,8 @@ impl Gate {
             inside: Arc::default(),
             peak: Arc::default(),
             entered: Arc::default(),
+            passed: Arc::default(),
+            arrived: Arc::default(),
         }
     }
 
@@ -88,8 +100,10 @@ impl Gate {
                 let now = gate.inside.fetch_add(1, SeqCst) + 1;
                 gate.peak.fetch_max(now, SeqCst);
                 gate.entered.fetch_add(1, SeqCst);
+                gate.arrived.notify_waiters();
                 gate.permits.acquire().await.unwrap().forget();
                 gate.inside.fetch_sub(1, SeqCst);
+                gate.passed.fetch_add(1, SeqCst);
             }
             .boxed()
         });
@@ -100,30 +114,50 @@ impl Gate {
         self.permits.add_permits(reads);
     }
 
-    /// Waits until `n` reads have reached the gate in total.
+    /// Waits until `n` reads have reached the gate in total: woken by each
+    /// arrival, so it returns as soon as the `n`th read is there.
     pub async fn wait_entered(&self, n: usize) {
-        for _ in 0..10_000 {
+        let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+        loop {
+            // Registered before looking, so no arrival is missed.
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
             if self.entered.load(SeqCst) >= n {
                 return;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                panic!(
+                    "only {} of {n} reads reached the gate in {WAIT_LIMIT:?}",
+                    self.entered.load(SeqCst)
+                );
+            }
         }
-        panic!(
-            "only {} of {n} reads reached the gate",
-            self.entered.load(SeqCst)
-        );
+    }
+
+    /// Waits until every read let through the gate so far has landed
+    /// (counted in `model`'s `Stats::reads`; for tests whose reads do not
+    /// fail): a point where no read the gate admitted is still running.
+    pub async fn wait_passed_reads_landed(&self, model: &MappedModel) {
+        eventually("every read let through the gate lands", || {
+            model.stats().reads >= self.passed.load(SeqCst) as u64
+        })
+        .await;
     }
 }
 
-/// Polls `cond` until it holds (up to ten seconds).
+/// Waits until `cond` holds, and fails the test with `what` if it does not
+/// within [`WAIT_LIMIT`]. For conditions nothing notifies (the model's
+/// counters): it looks again every millisecond. That pause is the interval
+/// between looks, not a synchronisation: the condition decides.
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..10_000 {
-        if cond() {
-            return;
+    let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+    while !cond() {
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {WAIT_LIMIT:?} waiting until {what}");
         }
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    panic!("timed out waiting until {what}");
 }
 
 /// Whether the filesystem of `path` takes `O_DIRECT` (tmpfs does not; there
