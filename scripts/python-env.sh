@@ -5,7 +5,8 @@
 #
 # Prints the venv's python on stdout. Idempotent and cached: re-running is
 # fast. Tests that need it skip with a clear message when the package
-# registry cannot be reached.
+# registry cannot be reached, except under CI (CI=true), where they fail
+# (tests/common/mod.rs: python).
 #
 #   PY=$(scripts/python-env.sh) && "$PY" -c 'import safetensors'
 set -euo pipefail

@@ -1178,30 +1178,29 @@ fn check_consistent(h: &GgufHeader, file_len: u64) {
 // ---------------------------------------------------------------------------
 
 /// The reference files and gguf-py's manifest of them, made once per run;
-/// `None` when the Python environment cannot be set up because the package
-/// registry is unreachable.
+/// `None`, with a SKIPPED message for each test that asks, when the Python
+/// environment cannot be set up because the package registry is unreachable
+/// (outside CI only: `common::python`).
 fn reference() -> Option<&'static (PathBuf, Value)> {
-    static REFERENCE: OnceLock<Option<(PathBuf, Value)>> = OnceLock::new();
-    REFERENCE
-        .get_or_init(|| {
-            let python = common::python()?;
-            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gguf-reference");
-            let _ = std::fs::remove_dir_all(&dir);
-            let out = Command::new(&python)
-                .arg(root.join("tests/python/gguf_reference.py"))
-                .arg(&dir)
-                .output()
-                .expect("run tests/python/gguf_reference.py");
-            assert!(
-                out.status.success(),
-                "gguf_reference.py failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let manifest = std::fs::read(dir.join("manifest.json")).unwrap();
-            Some((dir, serde_json::from_slice(&manifest).unwrap()))
-        })
-        .as_ref()
+    static REFERENCE: OnceLock<(PathBuf, Value)> = OnceLock::new();
+    let python = common::python()?;
+    Some(REFERENCE.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gguf-reference");
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new(&python)
+            .arg(root.join("tests/python/gguf_reference.py"))
+            .arg(&dir)
+            .output()
+            .expect("run tests/python/gguf_reference.py");
+        assert!(
+            out.status.success(),
+            "gguf_reference.py failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let manifest = std::fs::read(dir.join("manifest.json")).unwrap();
+        (dir, serde_json::from_slice(&manifest).unwrap())
+    }))
 }
 
 fn hex(s: &str) -> Vec<u8> {

@@ -149,7 +149,7 @@ async fn tensors_via_model(path: &Path, backend: Backend) -> Tensors {
     let model = MappedModel::open(path, common::config(backend, 256 << 20))
         .await
         .unwrap();
-    assert_eq!(model.backend(), backend);
+    common::assert_engine(&model, backend);
     let mut out = BTreeMap::new();
     for i in 0..model.layer_count() {
         let spec = &model.index().layers[i];
@@ -325,7 +325,7 @@ async fn loads_through_both_backends_with_layers_by_block() {
     );
     let want = expected(&tensors);
     assert_same("index", &tensors_via_layers(&index), &want);
-    for backend in common::ALL_BACKENDS {
+    for &backend in common::ENGINES {
         let got = tensors_via_model(&path, backend).await;
         assert_same(&format!("{backend:?}"), &got, &want);
     }
@@ -487,7 +487,7 @@ async fn sharded_model_opens_from_its_index_or_its_directory() {
         assert_eq!(layer1.ranges.len(), 2);
         assert_eq!((layer1.ranges[0].file, layer1.ranges[1].file), (0, 1));
         assert_eq!(layer1.size, 64 * 64 * 4 + 128 * 64 * 2);
-        for backend in common::ALL_BACKENDS {
+        for &backend in common::ENGINES {
             let got = tensors_via_model(path, backend).await;
             assert_same(&format!("{backend:?}"), &got, &want);
         }
@@ -1202,7 +1202,7 @@ async fn python_reference_files_read_identically() {
         assert!(want.len() >= 8, "{name}: {} tensors", want.len());
         let index = read_index(&path).unwrap();
         assert_same(name, &tensors_via_layers(&index), &want);
-        for backend in common::ALL_BACKENDS {
+        for &backend in common::ENGINES {
             let got = tensors_via_model(&path, backend).await;
             assert_same(&format!("{name} {backend:?}"), &got, &want);
         }
@@ -1268,7 +1268,7 @@ async fn published_minilm_model_reads_identically() {
     assert_same("index", &tensors_via_layers(&index), &want);
     // 6 encoder blocks, and the embeddings and pooler tensors one layer each.
     assert_eq!(index.layers.len(), 14);
-    for backend in common::ALL_BACKENDS {
+    for &backend in common::ENGINES {
         let got = tensors_via_model(&site, backend).await;
         assert_same(&format!("minilm {backend:?}"), &got, &want);
     }

@@ -44,7 +44,7 @@ async fn open_reads_only_the_metadata() {
     for (vocab, limit) in [(100, 256u64 << 10), (3 << 20, 8 << 20)] {
         let path = dir.path().join(format!("model-{vocab}.gguf"));
         let metadata_len = write_model(&path, 64, vocab);
-        for backend in common::ALL_BACKENDS {
+        for &backend in common::ENGINES {
             let before = bytes_read_by_this_process();
             let model = MappedModel::open(&path, config(backend, 8 << 20))
                 .await

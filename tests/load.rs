@@ -67,13 +67,15 @@ async fn random_operations(backend: Backend, adaptive: bool, cache_first_half: b
         .await;
     let verified = Arc::new(AtomicU64::new(0));
     let over_budget = Arc::new(AtomicU64::new(0));
+    let finished = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
     for seed in 0..tasks as u64 {
-        let (model, expected, verified, over) = (
+        let (model, expected, verified, over, finished) = (
             model.clone(),
             expected.clone(),
             verified.clone(),
             over_budget.clone(),
+            finished.clone(),
         );
         handles.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -100,17 +102,27 @@ async fn random_operations(backend: Backend, adaptive: bool, cache_first_half: b
                     over.fetch_add(1, Relaxed);
                 }
             }
+            finished.fetch_add(1, Relaxed);
         }));
     }
-    // Sample from outside the tasks too.
+    // Sample from outside the tasks too, from start to finish of the run.
     let sampler = {
         let (model, over) = (model.clone(), over_budget.clone());
         tokio::spawn(async move {
-            for _ in 0..200 {
+            let mut samples = 0u64;
+            loop {
+                let done = finished.load(Relaxed) == tasks as u64;
                 let s = model.stats();
                 if s.memory_usage + s.pool_idle_bytes > budget {
                     over.fetch_add(1, Relaxed);
                 }
+                samples += 1;
+                if done && samples >= 200 {
+                    break samples;
+                }
+                // The sampling interval (so that the sampler does not take a
+                // core from the tasks), not a synchronisation: the loop ends
+                // when the tasks are done, after 200 samples at least.
                 tokio::time::sleep(Duration::from_micros(200)).await;
             }
         })
@@ -118,12 +130,12 @@ async fn random_operations(backend: Backend, adaptive: bool, cache_first_half: b
     for h in handles {
         h.await.unwrap();
     }
-    sampler.await.unwrap();
+    let samples = sampler.await.unwrap();
     let s = model.stats();
     assert_eq!(over_budget.load(Relaxed), 0);
     assert!(s.peak_memory <= budget, "peak {} > {budget}", s.peak_memory);
     assert!(s.evictions > 0 && s.reads > layers as u64);
-    if backend == Backend::IoUring {
+    if common::fills_buffers(backend) {
         assert!(s.pool_reuses > 0, "the pool was never used: {s:?}");
     }
     if cache_first_half && common::direct_io_works(&m.path) {
@@ -137,7 +149,7 @@ async fn random_operations(backend: Backend, adaptive: bool, cache_first_half: b
         );
     }
     println!(
-        "{backend:?} (adaptive: {adaptive}): {} operations by {tasks} tasks, {} reads ({} of {} MiB from the page cache), {} evictions, {} MiB verified, peak {} of {budget}",
+        "{backend:?} (adaptive: {adaptive}): {} operations by {tasks} tasks, {} reads ({} of {} MiB from the page cache), {} evictions, {} MiB verified, peak {} of {budget}, {samples} samples from outside",
         tasks * ops,
         s.reads,
         s.page_cache_bytes >> 20,

@@ -46,7 +46,7 @@ async fn every_layer_arrives_bit_exact(backend: Backend) {
     // Odd sizes: the last layer does not end on a block boundary before padding.
     let m = TestModel::new(6, 300 * KIB + 12);
     let model = m.open(config(backend, 4 << 20)).await;
-    assert_eq!(model.backend(), backend);
+    common::assert_engine(&model, backend);
     assert_eq!(model.layer_count(), 6);
     for i in (0..6).rev() {
         let w = model.layer(i).await.unwrap();
@@ -100,7 +100,11 @@ async fn concurrent_fetches_of_one_layer_share_one_read(backend: Backend) {
     gate.install(&model);
     let tasks: Vec<_> = (0..64).map(|_| tokio::spawn(model.layer(0))).collect();
     gate.wait_entered(1).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The read is held at the gate until the 63 other fetches have joined it.
+    eventually("the 63 other fetches join the read", || {
+        model.stats().coalesced == 63
+    })
+    .await;
     gate.open(100);
     let mut results = Vec::new();
     for t in tasks {
@@ -278,15 +282,18 @@ async fn many_tasks_wait_for_memory_with_a_timeout(backend: Backend) {
             ..config(backend, 2 * 64 * KIB)
         })
         .await;
-    // Eight tasks, each holding one layer for a while, through room for two:
-    // with a wait they queue for memory and all succeed.
+    // Eight tasks through room for two, the first to get a layer holding it
+    // until all eight have asked for theirs (a fetch is counted as a miss
+    // when it is made), so the others must wait for memory: with a wait they
+    // queue and all succeed.
     let tasks: Vec<_> = (0..8)
         .map(|t| {
             let (model, m) = (model.clone(), m.clone());
             tokio::spawn(async move {
                 let w = model.layer(t).await.unwrap();
                 m.check(t, &w);
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                eventually("all eight fetches are made", || model.stats().misses == 8).await;
+                drop(w);
             })
         })
         .collect();
@@ -362,10 +369,22 @@ async fn prefetch_disabled_reads_nothing(backend: Backend) {
             Err(Error::PrefetchDisabled { .. })
         ));
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
     let s = model.stats();
     assert_eq!((s.reads, s.prefetch_issued), (0, 0));
     assert_eq!(model.memory_usage(), 0);
+    // Nothing was started behind the refusals either: a read of a layer
+    // started by one would make its fetch below join that read or hit its
+    // result. Each fetch starts a read of its own.
+    for i in 0..4 {
+        m.check(i, &model.layer(i).await.unwrap());
+    }
+    let s = model.stats();
+    assert_eq!(
+        (s.reads, s.misses, s.coalesced, s.hits),
+        (4, 4, 0, 0),
+        "{s:?}"
+    );
+    assert_eq!((s.prefetch_issued, s.prefetch_used), (0, 0), "{s:?}");
 }
 
 async fn prefetches_in_flight_never_exceed_prefetch_threads(backend: Backend) {
@@ -382,13 +401,18 @@ async fn prefetches_in_flight_never_exceed_prefetch_threads(backend: Backend) {
         assert!(model.prefetch(i).is_ok());
     }
     // Three reads reach the gate; the other nine wait for the semaphore.
+    // (Had a fourth ever got in, even for an instant, `gate.peak` would say
+    // so below.)
     gate.wait_entered(3).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(gate.inside.load(SeqCst), 3);
-    // Let them through one at a time: never more than three inside.
-    for _ in 0..12 {
+    // Let them through one at a time: each read let through makes room for
+    // exactly one more, and never more than three are inside.
+    for k in 1..=12 {
         gate.open(1);
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        if k <= 9 {
+            gate.wait_entered(3 + k).await;
+        }
+        assert_eq!(gate.entered.load(SeqCst), (3 + k).min(12));
         assert!(gate.inside.load(SeqCst) <= 3);
     }
     eventually("all prefetches are cached", || {
@@ -542,6 +566,10 @@ async fn dropped_fetch_futures_leak_nothing(backend: Backend) {
     })
     .await;
     // Dropped while waiting for memory: hold everything, then give up a fetch.
+    // Nothing the model reports says when its read has begun to wait (no
+    // counter of fetches waiting for memory), so the fetch is given 20 ms to
+    // get there; if it has not, it is dropped at an earlier point, which
+    // must leak nothing either.
     let a = model.layer(1).await.unwrap();
     let b = model.layer(2).await.unwrap();
     let waiting = tokio::time::timeout(Duration::from_millis(20), model.layer(3)).await;
@@ -676,6 +704,9 @@ async fn waiting_forever_is_allowed(backend: Backend) {
         .await;
     let held = model.layer(0).await.unwrap();
     let waiter = tokio::spawn(model.layer(1));
+    // Time passing is what this checks: a fetch that may wait forever is
+    // still waiting a while later (a deadline miscomputed from
+    // `Duration::MAX` would have failed it at once).
     tokio::time::sleep(Duration::from_millis(30)).await;
     assert!(!waiter.is_finished());
     drop(held);
@@ -716,15 +747,23 @@ async fn the_granule_rounds_every_charge(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_backend_returns_identical_bytes() {
     let m = TestModel::new(5, 200 * KIB + 4);
-    let a = m.open(config(Backend::IoUring, 4 << 20)).await;
-    let b = m.open(config(Backend::Mmap, 4 << 20)).await;
-    let c = m.open(config(Backend::Pread, 4 << 20)).await;
+    let mut models = Vec::new();
+    for &backend in common::ENGINES {
+        models.push((backend, m.open(config(backend, 4 << 20)).await));
+    }
     for i in 0..5 {
-        let (x, y) = (a.layer(i).await.unwrap(), b.layer(i).await.unwrap());
-        let z = c.layer(i).await.unwrap();
-        assert_eq!(&x[..], &y[..]);
-        assert_eq!(&x[..], &z[..]);
-        assert!(!x.is_mapped() && y.is_mapped() && !z.is_mapped());
+        let first = models[0].1.layer(i).await.unwrap();
+        m.check(i, &first);
+        for (backend, model) in &models {
+            let w = model.layer(i).await.unwrap();
+            assert_eq!(&w[..], &first[..], "{backend:?}, layer {i}");
+            // Only mmap returns views of the file; the others fill buffers.
+            assert_eq!(
+                w.is_mapped(),
+                !common::fills_buffers(*backend),
+                "{backend:?}"
+            );
+        }
     }
 }
 
@@ -755,7 +794,9 @@ async fn auto_reads_through_the_page_cache_with_pread() {
 /// cache); the bytes are the same either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_reads_copy_cached_chunks_from_the_page_cache() {
-    for backend in [Backend::IoUring, Backend::Pread, Backend::Auto] {
+    // The engines that read with `O_DIRECT` (mmap reads through the page
+    // cache, always).
+    for backend in common::buffer_engines() {
         let layer = 1 << 20;
         let m = TestModel::new(4, layer);
         let direct = common::direct_io_works(&m.path);

@@ -8,7 +8,7 @@ use common::{bytes_read_by_this_process, config, TestModel};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_reads_only_the_header() {
     let m = TestModel::new(64, 1 << 20);
-    for backend in common::ALL_BACKENDS {
+    for &backend in common::ENGINES {
         let before = bytes_read_by_this_process();
         let model = m.open(config(backend, 8 << 20)).await;
         let read = bytes_read_by_this_process() - before;

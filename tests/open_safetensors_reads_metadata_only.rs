@@ -60,7 +60,7 @@ async fn opening_reads_only_the_headers() {
     .unwrap();
 
     for (path, layers) in [(single.as_path(), 32), (shards.as_path(), 48)] {
-        for backend in common::ALL_BACKENDS {
+        for &backend in common::ENGINES {
             let before = bytes_read_by_this_process();
             let model = MappedModel::open(path, config(backend, 8 << 20))
                 .await

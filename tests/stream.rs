@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::sync::atomic::Ordering::SeqCst;
 
 use common::{config, eventually, Gate, TestModel, KIB};
 use futures::StreamExt;
@@ -27,8 +27,17 @@ async fn streams_every_layer_in_order_within_the_budget(backend: Backend) {
         assert_eq!(w.layer_index(), seen);
         m.check(seen, &w);
         assert!(model.memory_usage() <= budget);
-        // Some compute, so read-ahead has time to land.
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        // Some compute for the read-ahead to run beside: a pass over the
+        // weights (bounded work, not a length of time), then a yield to the
+        // tasks reading ahead.
+        let sum: f64 = w
+            .tensors()
+            .filter_map(|t| t.as_f32())
+            .flatten()
+            .map(|&x| f64::from(x))
+            .sum();
+        std::hint::black_box(sum);
+        tokio::task::yield_now().await;
         seen += 1;
     }
     assert_eq!(seen, 24);
@@ -75,8 +84,7 @@ async fn reads_ahead_exactly_lookahead_layers(backend: Backend) {
     });
     // Layer 0 and three read-ahead layers reach the gate; no more.
     gate.wait_entered(4).await;
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    assert_eq!(gate.entered.load(std::sync::atomic::Ordering::SeqCst), 4);
+    assert_eq!(gate.entered.load(SeqCst), 4);
     gate.open(1000);
     let (w, _stream) = first.await.unwrap();
     m.check(0, &w);
@@ -84,7 +92,13 @@ async fn reads_ahead_exactly_lookahead_layers(backend: Backend) {
         (1..4).all(|i| model.descriptor(i).unwrap().cached)
     })
     .await;
+    // A fourth read-ahead would have been issued at the same step as the
+    // three that have now landed, through the gate, open since: it is not
+    // there, and neither is its read.
     assert!(!model.descriptor(4).unwrap().cached);
+    assert_eq!(gate.entered.load(SeqCst), 4);
+    let s = model.stats();
+    assert_eq!((s.reads, s.prefetch_issued), (4, 3), "{s:?}");
 }
 
 async fn a_dropped_stream_leaks_nothing(backend: Backend) {

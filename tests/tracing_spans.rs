@@ -68,4 +68,26 @@ fn open_fetch_prefetch_evict_and_release_have_spans() {
     assert!(has("prefetch layer=1"), "{spans:#?}");
     assert!(has("evict layer="), "{spans:#?}");
     assert!(has("release layer=2"), "{spans:#?}");
+
+    // On every engine a miss's span names the engine that read the layer
+    // (for `Auto`, the one it picked: never "auto").
+    for &backend in common::ENGINES {
+        recorder.0.lock().unwrap().clear();
+        let engine = rt.block_on(async {
+            let m = TestModel::new(1, 64 * KIB);
+            let model = m.open(config(backend, 64 * KIB)).await;
+            common::assert_engine(&model, backend);
+            model.layer(0).await.unwrap();
+            model.backend()
+        });
+        let spans = recorder.0.lock().unwrap().clone();
+        let want = format!(
+            "fetch layer=0 hit=false bytes=65536 backend={:?}",
+            engine.name()
+        );
+        assert!(
+            spans.iter().any(|s| s.starts_with(&want)),
+            "{backend:?}: no {want:?} in {spans:#?}"
+        );
+    }
 }

@@ -9,8 +9,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{config, TestModel, KIB};
 use hyperion::{Backend, Error, MappedModel, MmapConfig};
 
@@ -78,6 +76,10 @@ async fn during_reads(opener: &Opener) {
     for round in 0..10u64 {
         std::fs::write(&m.path, &pristine).unwrap();
         let model = opener.open(&m).await;
+        // Open: it only counts the reads that start.
+        let gate = common::Gate::closed();
+        gate.install(&model);
+        gate.open(layers);
         let fetches: Vec<_> = (0..layers)
             .map(|i| {
                 let model = model.clone();
@@ -85,10 +87,12 @@ async fn during_reads(opener: &Opener) {
             })
             .collect();
         // Cut the file somewhere in its layers while the reads run: at once in
-        // the first rounds (a timer sleeps at least a millisecond, long
-        // enough for a fast engine to read everything), later after a while.
+        // the first rounds, later once more and more reads have started (2
+        // in round 3, 14 in round 9): moments set by the reads' progress, not
+        // by a timer (one that sleeps a millisecond is long enough for a fast
+        // engine to read everything).
         if round >= 3 {
-            tokio::time::sleep(Duration::from_micros(200 * round)).await;
+            gate.wait_entered(2 * (round as usize - 2)).await;
         }
         cut(&m, pristine.len() as u64 * (round + 1) / 12);
         for (i, f) in fetches.into_iter().enumerate() {
@@ -196,7 +200,7 @@ async fn cut_in_the_middle_of_reads(auto: bool) {
     use hyperion::faults::FaultPlan;
     let layers = 8;
     let m = TestModel::new(layers, 256 * KIB);
-    let mut plan = FaultPlan::new(7).with_delays(1.0, Duration::from_millis(4));
+    let mut plan = FaultPlan::new(7).with_delays(1.0, std::time::Duration::from_millis(4));
     let backend = if auto {
         plan = plan.with_ring_setup_failure();
         Backend::Auto

@@ -9,7 +9,6 @@ mod common;
 use std::ffi::{c_void, CStr, CString};
 use std::mem::offset_of;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,20 +82,19 @@ fn pass(m: &TestModel, model: *mut HyperionMappedModel, rounds: usize) {
 /// Aborts the process if `f` takes longer than a minute: a deadlock would
 /// otherwise hang the test run instead of failing it.
 fn within_a_minute<T>(f: impl FnOnce() -> T) -> T {
-    let done = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&done);
+    let (done, finished) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
-        for _ in 0..600 {
-            std::thread::sleep(Duration::from_millis(100));
-            if flag.load(SeqCst) {
-                return;
-            }
+        // Woken the moment `f` returns (the sender is dropped), or after the
+        // minute that is the timeout under test.
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            finished.recv_timeout(Duration::from_secs(60))
+        {
+            eprintln!("c_abi: a call did not return within a minute (deadlock?)");
+            std::process::abort();
         }
-        eprintln!("c_abi: a call did not return within a minute (deadlock?)");
-        std::process::abort();
     });
     let out = f();
-    done.store(true, SeqCst);
+    drop(done);
     out
 }
 

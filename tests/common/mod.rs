@@ -4,11 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::FutureExt;
 use hyperion::synth::SynthSpec;
 use hyperion::{Backend, MappedModel, MmapConfig, ReadGate};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 pub const KIB: u64 = 1024;
 
@@ -60,6 +61,11 @@ pub fn path_of(m: &TestModel) -> &Path {
     &m.path
 }
 
+/// How long a deterministic wait ([`Gate::wait_entered`], [`eventually`])
+/// waits for its condition before it fails the test: generous, since the
+/// machine may be busy; only a test that is failing waits this long.
+pub const WAIT_LIMIT: Duration = Duration::from_secs(30);
+
 /// A read gate the test controls: every read waits for a permit, and the
 /// gate records how many reads were waiting or running at once.
 #[derive(Clone)]
@@ -68,6 +74,10 @@ pub struct Gate {
     pub inside: Arc<AtomicUsize>,
     pub peak: Arc<AtomicUsize>,
     pub entered: Arc<AtomicUsize>,
+    /// Reads that got their permit and went on to the engine.
+    pub passed: Arc<AtomicUsize>,
+    /// Notified each time a read reaches the gate.
+    arrived: Arc<Notify>,
 }
 
 impl Gate {
@@ -77,6 +87,8 @@ impl Gate {
             inside: Arc::default(),
             peak: Arc::default(),
             entered: Arc::default(),
+            passed: Arc::default(),
+            arrived: Arc::default(),
         }
     }
 
@@ -88,8 +100,10 @@ impl Gate {
                 let now = gate.inside.fetch_add(1, SeqCst) + 1;
                 gate.peak.fetch_max(now, SeqCst);
                 gate.entered.fetch_add(1, SeqCst);
+                gate.arrived.notify_waiters();
                 gate.permits.acquire().await.unwrap().forget();
                 gate.inside.fetch_sub(1, SeqCst);
+                gate.passed.fetch_add(1, SeqCst);
             }
             .boxed()
         });
@@ -100,30 +114,50 @@ impl Gate {
         self.permits.add_permits(reads);
     }
 
-    /// Waits until `n` reads have reached the gate in total.
+    /// Waits until `n` reads have reached the gate in total: woken by each
+    /// arrival, so it returns as soon as the `n`th read is there.
     pub async fn wait_entered(&self, n: usize) {
-        for _ in 0..10_000 {
+        let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+        loop {
+            // Registered before looking, so no arrival is missed.
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
             if self.entered.load(SeqCst) >= n {
                 return;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                panic!(
+                    "only {} of {n} reads reached the gate in {WAIT_LIMIT:?}",
+                    self.entered.load(SeqCst)
+                );
+            }
         }
-        panic!(
-            "only {} of {n} reads reached the gate",
-            self.entered.load(SeqCst)
-        );
+    }
+
+    /// Waits until every read let through the gate so far has landed
+    /// (counted in `model`'s `Stats::reads`; for tests whose reads do not
+    /// fail): a point where no read the gate admitted is still running.
+    pub async fn wait_passed_reads_landed(&self, model: &MappedModel) {
+        eventually("every read let through the gate lands", || {
+            model.stats().reads >= self.passed.load(SeqCst) as u64
+        })
+        .await;
     }
 }
 
-/// Polls `cond` until it holds (up to ten seconds).
+/// Waits until `cond` holds, and fails the test with `what` if it does not
+/// within [`WAIT_LIMIT`]. For conditions nothing notifies (the model's
+/// counters): it looks again every millisecond. That pause is the interval
+/// between looks, not a synchronisation: the condition decides.
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..10_000 {
-        if cond() {
-            return;
+    let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+    while !cond() {
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {WAIT_LIMIT:?} waiting until {what}");
         }
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    panic!("timed out waiting until {what}");
 }
 
 /// Whether the filesystem of `path` takes `O_DIRECT` (tmpfs does not; there
@@ -149,35 +183,136 @@ pub async fn close_and_expect_freed(model: MappedModel) {
     .await;
 }
 
-/// Every engine a model can be opened with explicitly, for tests that loop.
-pub const ALL_BACKENDS: [Backend; 3] = [Backend::IoUring, Backend::Pread, Backend::Mmap];
+/// The engines every engine-parametrised test runs on, in one table:
+/// `Auto`, the default, first, then each engine a model can be opened with
+/// explicitly. [`ENGINES`], [`buffer_engines`], [`on_all_backends!`] and
+/// [`on_buffer_backends!`] are all made from it, so no test file keeps a
+/// list of its own. Each row: the name of the module of generated tests,
+/// the `Backend` variant, and what the engine returns a layer in: a buffer
+/// it fills (`buffers`: pooled, read in chunk requests, hashed while read)
+/// or a view of a mapping of the file (`views`).
+///
+/// `with_engines!(m![args])` expands to `m!{ [args] row, row, … }`.
+#[macro_export]
+macro_rules! with_engines {
+    ($then:ident ! $args:tt) => {
+        $crate::$then! { $args
+            auto Auto buffers,
+            io_uring IoUring buffers,
+            pread Pread buffers,
+            mmap Mmap views,
+        }
+    };
+}
+
+/// [`with_engines!`]'s rows as the constants and the predicate below.
+#[macro_export]
+macro_rules! engine_consts {
+    ([] $($module:ident $variant:ident $kind:ident,)*) => {
+        /// Every engine, `Auto` (the default) first: what tests that loop
+        /// over engines loop over.
+        pub const ENGINES: &[hyperion::Backend] = &[$(hyperion::Backend::$variant),*];
+
+        /// Whether `backend` returns layers in buffers it fills (every
+        /// engine but mmap, whose layers are views of the file).
+        pub fn fills_buffers(backend: hyperion::Backend) -> bool {
+            match backend {
+                $(hyperion::Backend::$variant => $crate::engine_kind_is_buffers!($kind),)*
+                other => panic!("{other:?} is missing from with_engines!"),
+            }
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! engine_kind_is_buffers {
+    (buffers) => {
+        true
+    };
+    (views) => {
+        false
+    };
+}
+
+with_engines!(engine_consts![]);
+
+/// The engines that read into buffers they fill: the ones with a buffer
+/// pool, chunk requests (short reads, `read_chunk_size`), `O_DIRECT` and
+/// checksums computed while reading. Every engine but mmap.
+pub fn buffer_engines() -> impl Iterator<Item = Backend> {
+    ENGINES.iter().copied().filter(|&b| fills_buffers(b))
+}
+
+/// Checks that `model`, opened with `asked`, reads with the engine it should:
+/// the one asked for, or for `Auto` io_uring or its pread fallback (never
+/// mmap, and never `Auto` itself). Which of the two `Auto` picks on this
+/// machine is `loader.rs: auto_picks_io_uring_where_the_kernel_allows`.
+pub fn assert_engine(model: &MappedModel, asked: Backend) {
+    let got = model.backend();
+    match asked {
+        Backend::Auto => assert!(
+            matches!(got, Backend::IoUring | Backend::Pread),
+            "Auto must read with io_uring or pread, not {got:?}"
+        ),
+        _ => assert_eq!(got, asked),
+    }
+}
 
 /// Generates `#[tokio::test]`s that run each named `async fn(Backend)` once
-/// per engine: modules `io_uring`, `pread` and `mmap`.
+/// per engine of [`with_engines!`]: modules `auto`, `io_uring`, `pread` and
+/// `mmap`.
 #[macro_export]
 macro_rules! on_all_backends {
     ($($name:ident),* $(,)?) => {
-        mod io_uring {
+        $crate::with_engines!(engine_tests_all![$($name),*]);
+    };
+}
+
+/// [`on_all_backends!`] for the engines that fill buffers
+/// ([`fills_buffers`]): modules `auto`, `io_uring` and `pread`, for tests of
+/// what only those engines have (the buffer pool, chunk requests).
+#[macro_export]
+macro_rules! on_buffer_backends {
+    ($($name:ident),* $(,)?) => {
+        $crate::with_engines!(engine_tests_buffers![$($name),*]);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! engine_tests_all {
+    ($names:tt $($module:ident $variant:ident $kind:ident,)*) => {
+        $($crate::engine_test_module!($module $variant $names);)*
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! engine_tests_buffers {
+    ($names:tt $($module:ident $variant:ident $kind:ident,)*) => {
+        $($crate::engine_test_module_if_buffers!($kind $module $variant $names);)*
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! engine_test_module_if_buffers {
+    (buffers $($rest:tt)*) => {
+        $crate::engine_test_module!($($rest)*);
+    };
+    (views $($rest:tt)*) => {};
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! engine_test_module {
+    ($module:ident $variant:ident [$($name:ident),*]) => {
+        mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name(hyperion::Backend::IoUring).await
-                }
-            )*
-        }
-        mod pread {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(hyperion::Backend::Pread).await
-                }
-            )*
-        }
-        mod mmap {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(hyperion::Backend::Mmap).await
+                    super::$name(hyperion::Backend::$variant).await
                 }
             )*
         }
@@ -185,7 +320,7 @@ macro_rules! on_all_backends {
 }
 
 /// The name [`on_all_backends!`] had when there were two engines; kept so
-/// that tests written against it still compile (and run on all three).
+/// that tests written against it still compile (and run on every engine).
 #[macro_export]
 macro_rules! on_both_backends {
     ($($t:tt)*) => {
@@ -207,10 +342,28 @@ pub fn bytes_read_by_this_process() -> u64 {
 
 /// The Python of `scripts/python-env.sh` (the reference libraries), or
 /// `None` with a printed SKIPPED message when the package registry cannot be
-/// reached. Any other failure of the script is a test failure.
+/// reached, outside CI only: under CI (`CI=true`) the reference tests must
+/// run, so any failure to create the environment fails the test. Any other
+/// failure of the script is a test failure everywhere. The script runs once
+/// per test binary; every test that asks gets the verdict (and the message).
 pub fn python() -> Option<PathBuf> {
-    static PYTHON: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    PYTHON.get_or_init(create_python_env).clone()
+    static ENV: std::sync::OnceLock<PythonEnv> = std::sync::OnceLock::new();
+    match ENV.get_or_init(create_python_env) {
+        PythonEnv::Ready(python) => Some(python.clone()),
+        PythonEnv::Offline(stderr) if !in_ci() => {
+            eprintln!(
+                "SKIPPED: scripts/python-env.sh could not reach the package registry to \
+                 build the Python reference environment (set HYPERION_VENV to an existing \
+                 one):\n{stderr}"
+            );
+            None
+        }
+        PythonEnv::Offline(stderr) => panic!(
+            "scripts/python-env.sh could not reach the package registry, and under CI \
+             (CI=true) the Python reference tests may not be skipped:\n{stderr}"
+        ),
+        PythonEnv::Failed(stderr) => panic!("scripts/python-env.sh failed:\n{stderr}"),
+    }
 }
 
 /// The repository's root (the workspace's: these helpers are shared by the
@@ -223,7 +376,22 @@ pub fn repo_root() -> &'static Path {
     dir
 }
 
-fn create_python_env() -> Option<PathBuf> {
+/// Whether the tests run under CI (`CI=true`, as CI services set it and
+/// `.ci/run` is run), where a test may never skip: what it needs must be
+/// there.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// What `scripts/python-env.sh` came to: the venv's python, or its stderr.
+enum PythonEnv {
+    Ready(PathBuf),
+    /// The package registry could not be reached.
+    Offline(String),
+    Failed(String),
+}
+
+fn create_python_env() -> PythonEnv {
     let root = repo_root();
     let out = std::process::Command::new("bash")
         .arg(root.join("scripts/python-env.sh"))
@@ -231,9 +399,9 @@ fn create_python_env() -> Option<PathBuf> {
         .expect("run bash");
     if out.status.success() {
         let py = String::from_utf8(out.stdout).unwrap();
-        return Some(PathBuf::from(py.trim()));
+        return PythonEnv::Ready(PathBuf::from(py.trim()));
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     const OFFLINE: &[&str] = &[
         "NewConnectionError",
         "Failed to establish a new connection",
@@ -249,11 +417,8 @@ fn create_python_env() -> Option<PathBuf> {
         "ProxyError",
     ];
     if OFFLINE.iter().any(|s| stderr.contains(s)) {
-        eprintln!(
-            "SKIPPED: scripts/python-env.sh could not reach the package registry to build \
-             the Python reference environment (set HYPERION_VENV to an existing one):\n{stderr}"
-        );
-        return None;
+        PythonEnv::Offline(stderr)
+    } else {
+        PythonEnv::Failed(stderr)
     }
-    panic!("scripts/python-env.sh failed:\n{stderr}");
 }
