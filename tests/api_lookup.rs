@@ -6,6 +6,7 @@ mod common;
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
+use common::{write_safetensors, St};
 use hyperion::format::read_index;
 use hyperion::format::tmai::{write_tmai, TensorDecl};
 use hyperion::half::{bf16, f16};
@@ -18,40 +19,6 @@ use tempfile::TempDir;
 
 fn dir() -> TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
-}
-
-/// A tensor to write: name, safetensors dtype name, shape, bytes.
-struct St<'a> {
-    name: &'a str,
-    dtype: &'a str,
-    shape: &'a [u64],
-    data: Vec<u8>,
-}
-
-/// Writes a safetensors file holding `tensors` back to back in the given
-/// order, its header padded to 8 bytes (so the data section starts 8-aligned).
-fn write_safetensors(dir: &Path, tensors: &[St<'_>]) -> PathBuf {
-    let mut entries = Vec::new();
-    let mut data = Vec::new();
-    for t in tensors {
-        let start = data.len();
-        data.extend_from_slice(&t.data);
-        entries.push(format!(
-            "{:?}:{{\"dtype\":{:?},\"shape\":{:?},\"data_offsets\":[{start},{}]}}",
-            t.name,
-            t.dtype,
-            t.shape,
-            data.len()
-        ));
-    }
-    let mut header = format!("{{{}}}", entries.join(",")).into_bytes();
-    header.resize(header.len().next_multiple_of(8), b' ');
-    let mut file = (header.len() as u64).to_le_bytes().to_vec();
-    file.extend_from_slice(&header);
-    file.extend_from_slice(&data);
-    let path = dir.join("model.safetensors");
-    std::fs::write(&path, file).unwrap();
-    path
 }
 
 fn gstr(s: &str) -> Vec<u8> {

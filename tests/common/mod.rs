@@ -422,3 +422,57 @@ fn create_python_env() -> PythonEnv {
         PythonEnv::Failed(stderr)
     }
 }
+
+/// A tensor to write: name, safetensors dtype name, shape, bytes.
+pub struct St<'a> {
+    pub name: &'a str,
+    pub dtype: &'a str,
+    pub shape: &'a [u64],
+    pub data: Vec<u8>,
+}
+
+/// Writes a safetensors file holding `tensors` back to back in the given
+/// order, its header padded to 8 bytes (so the data section starts 8-aligned).
+pub fn write_safetensors(dir: &Path, tensors: &[St<'_>]) -> PathBuf {
+    let mut entries = Vec::new();
+    let mut data = Vec::new();
+    for t in tensors {
+        let start = data.len();
+        data.extend_from_slice(&t.data);
+        entries.push(format!(
+            "{:?}:{{\"dtype\":{:?},\"shape\":{:?},\"data_offsets\":[{start},{}]}}",
+            t.name,
+            t.dtype,
+            t.shape,
+            data.len()
+        ));
+    }
+    let mut header = format!("{{{}}}", entries.join(",")).into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(&header);
+    file.extend_from_slice(&data);
+    let path = dir.join("model.safetensors");
+    std::fs::write(&path, file).unwrap();
+    path
+}
+
+/// The directory of the Python package `module` in the reference
+/// environment (found without importing it, so packages installed without
+/// their dependencies work), or `None` where [`python`] skips.
+pub fn python_package(module: &str) -> Option<PathBuf> {
+    let py = python()?;
+    let out = std::process::Command::new(&py)
+        .arg("-c")
+        .arg(format!(
+            "import importlib.util as u; print(u.find_spec({module:?}).submodule_search_locations[0])"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "no Python package {module}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
+}
