@@ -7,7 +7,7 @@
 #                 C++ program links against it (extern "C")
 #   layout        the structs' field types, sizes and offsets ($capi/examples/c/layout.c)
 #   drift         the header declares exactly the functions the library exports
-#   spec-*        the spec's usage example, verbatim, dynamic and static, run on a
+#   spec-*        docs/api.md's usage example, verbatim, dynamic and static, run on a
 #                 24 x 8 MiB model with its exact expected output
 #   null_and_range, stress
 #                 the error contract; 8 threads hammering one model, every byte
@@ -133,7 +133,7 @@ drift() {
 }
 run drift drift
 
-# --- the spec's example -----------------------------------------------------
+# --- the API's usage example (docs/api.md) -----------------------------------------------------
 
 spec_verbatim() {
     # docs/api.md, the API reference, carries the usage example that every

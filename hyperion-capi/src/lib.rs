@@ -53,7 +53,7 @@ use hyperion::{Error, LayerWeights, MappedModel, MmapConfig};
 // Types (must match the header field for field)
 // ---------------------------------------------------------------------------
 
-/// The spec's `HyperionMmapConfig`: how a model is loaded and cached.
+/// The API's `HyperionMmapConfig` (docs/api.md): how a model is loaded and cached.
 ///
 /// Fields not listed here (backend, direct I/O, read sizes, checksums, how
 /// long a fetch waits for memory) take their [`MmapConfig::default`] values.
@@ -75,7 +75,7 @@ pub struct HyperionMmapConfig {
     pub minLayerCacheSize: usize,
 }
 
-/// The spec's `HyperionLayerDescriptor`: a layer's place in its file and its
+/// The API's `HyperionLayerDescriptor` (docs/api.md): a layer's place in its file and its
 /// cache state, as of the `hyperionGetLayerDescriptor` call that filled it.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -284,7 +284,7 @@ impl ModelState {
 }
 
 fn weights_ptr(weights: &LayerWeights) -> *mut c_void {
-    // Read-only memory handed out as `void *` because the spec says so; the
+    // Read-only memory handed out as `void *` because the API (docs/api.md) says so; the
     // header forbids writing through it.
     weights.bytes().as_ptr().cast::<c_void>().cast_mut()
 }
