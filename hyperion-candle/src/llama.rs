@@ -15,6 +15,10 @@
 //!   current block computes), converted to candle's quantized tensors (one
 //!   copy), used, and let go. Hyperion keeps as many blocks cached as
 //!   `max_cache_size` allows; the rest are read again on the next pass.
+//!   When the budget holds the whole model, a block's converted form is
+//!   kept instead, and its layer released, after the first pass: later
+//!   passes neither read nor convert it, and the memory in use stays the
+//!   model's size.
 //!
 //! Only GGUF files with `general.architecture = "llama"` and without
 //! mixture-of-experts are accepted; anything else is a one-line error that
@@ -230,6 +234,14 @@ pub struct StreamedLlama {
     output: QMatMul,
     /// Layer index of each block, in block order.
     blocks: Arc<[usize]>,
+    /// Whether converted blocks are kept between passes: when the budget
+    /// holds every layer of the model, candle's copy of a block replaces
+    /// Hyperion's buffer after the first pass (the memory in use stays the
+    /// model's size, within the budget), and later passes neither read nor
+    /// convert it.
+    keep_converted: bool,
+    /// Blocks kept in candle's form (only with `keep_converted`).
+    converted: Vec<Option<Arc<Block>>>,
     kv_cache: Vec<Option<(Tensor, Tensor)>>,
     cos: Tensor,
     sin: Tensor,
@@ -291,6 +303,8 @@ impl StreamedLlama {
             embd_q
         };
 
+        let model_bytes: u64 = model.index().layers.iter().map(|l| l.size).sum();
+        let keep_converted = model.config().max_cache_size >= model_bytes;
         let (cos, sin) = rope_tables(llama.rope_dimension, llama.rope_freq_base, &device)?;
         Ok(StreamedLlama {
             kv_cache: vec![None; llama.block_count],
@@ -303,6 +317,8 @@ impl StreamedLlama {
             masks: HashMap::new(),
             lookahead: None,
             last_pass: PassStats::default(),
+            keep_converted,
+            converted: (0..llama.block_count).map(|_| None).collect(),
             model,
             path,
             config: llama,
@@ -391,22 +407,37 @@ impl StreamedLlama {
         let mut x = self.embedding.forward(&ids)?;
         let mut stats = PassStats::default();
         let lookahead = self.lookahead.unwrap_or_else(|| self.block_lookahead());
-        let mut layers = self
-            .model
-            .stream_layers(self.blocks.iter().copied(), Some(lookahead));
+        // Blocks already converted and kept (see `keep_converted`) are not
+        // read; the others stream in block order.
+        let pending: Vec<usize> = (0..self.config.block_count)
+            .filter(|&b| self.converted[b].is_none())
+            .map(|b| self.blocks[b])
+            .collect();
+        let mut layers = self.model.stream_layers(pending, Some(lookahead));
         for block in 0..self.config.block_count {
-            let waited = std::time::Instant::now();
-            let weights = layers.next().await.ok_or_else(|| Error::RuntimeGone {
-                what: format!("block {block}"),
-            })??;
-            stats.waiting_s += waited.elapsed().as_secs_f64();
-            let computed = std::time::Instant::now();
-            let run = || -> Result<Tensor> {
-                let b = Block::from_layer(&weights, block, self.config.rms_norm_eps, &self.device)?;
-                self.block_forward(&b, block, &x, mask.as_ref(), index_pos)
+            let converted = match &self.converted[block] {
+                Some(b) => Arc::clone(b),
+                None => {
+                    let waited = std::time::Instant::now();
+                    let weights = layers.next().await.ok_or_else(|| Error::RuntimeGone {
+                        what: format!("block {block}"),
+                    })??;
+                    stats.waiting_s += waited.elapsed().as_secs_f64();
+                    let computed = std::time::Instant::now();
+                    let eps = self.config.rms_norm_eps;
+                    let b = compute(|| Block::from_layer(&weights, block, eps, &self.device))?;
+                    stats.compute_s += computed.elapsed().as_secs_f64();
+                    let b = Arc::new(b);
+                    if self.keep_converted {
+                        // candle's copy replaces the layer: let Hyperion's go.
+                        self.converted[block] = Some(Arc::clone(&b));
+                        self.model.release(weights.layer_index())?;
+                    }
+                    b
+                }
             };
-            x = compute(run)?;
-            drop(weights);
+            let computed = std::time::Instant::now();
+            x = compute(|| self.block_forward(&converted, block, &x, mask.as_ref(), index_pos))?;
             stats.compute_s += computed.elapsed().as_secs_f64();
         }
         let x = self.norm.forward(&x)?;

@@ -63,7 +63,7 @@ fn eager(path: &PathBuf) -> (Vec<u32>, Vec<f32>) {
     (tokens, logits.to_vec1().unwrap())
 }
 
-async fn streamed(path: &PathBuf, budget: u64) -> (Vec<u32>, Vec<f32>, hyperion::Stats) {
+async fn streamed(path: &PathBuf, budget: u64) -> (Vec<u32>, Vec<f32>, hyperion::Stats, u64) {
     let config = MmapConfig {
         max_cache_size: budget,
         ..MmapConfig::default()
@@ -80,7 +80,8 @@ async fn streamed(path: &PathBuf, budget: u64) -> (Vec<u32>, Vec<f32>, hyperion:
         logits = model.forward(&[next], PROMPT.len() + step).await.unwrap();
     }
     let stats = model.model().stats();
-    (tokens, logits.to_vec1().unwrap(), stats)
+    let held = model.model().memory_usage();
+    (tokens, logits.to_vec1().unwrap(), stats, held)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,7 +98,7 @@ async fn streamed_llama_generates_what_candles_eager_model_generates() {
         .max()
         .unwrap();
     for budget in [2 * size, size / 2, largest] {
-        let (tokens, logits, stats) = streamed(&path, budget).await;
+        let (tokens, logits, stats, held) = streamed(&path, budget).await;
         assert_eq!(tokens, want_tokens, "budget {budget}: greedy tokens differ");
         let worst = logits
             .iter()
@@ -119,6 +120,11 @@ async fn streamed_llama_generates_what_candles_eager_model_generates() {
                 stats.reads as usize > index.layers.len(),
                 "budget {budget}: {stats:?}"
             );
+        } else {
+            // The whole model fits: each layer is read once, and the blocks
+            // live on in candle's form, their layers released.
+            assert_eq!(stats.reads as usize, index.layers.len(), "{stats:?}");
+            assert_eq!(held, 0, "Hyperion still holds layer memory");
         }
     }
 }
