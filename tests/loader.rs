@@ -490,6 +490,12 @@ async fn bad_indices_and_closed_models_are_errors(backend: Backend) {
         Err(Error::LayerOutOfRange { .. })
     ));
     assert!(model.release(7).is_err());
+    // Charged in whole granules (4 KiB by default): the 4 KiB layer exactly.
+    assert_eq!(model.footprint(1).unwrap(), 4 * KIB);
+    assert!(matches!(
+        model.footprint(2),
+        Err(Error::LayerOutOfRange { layer: 2, .. })
+    ));
     assert!(model.set_priority(9, 1.0).is_err());
     assert!(matches!(
         model.set_priority(0, f32::NAN),

@@ -351,11 +351,10 @@ impl StreamedLlama {
     /// The default read-ahead: as many of the largest block as fit in the
     /// budget beside the one computing, at most 4.
     fn block_lookahead(&self) -> usize {
-        let granule = self.model.config().min_layer_cache_size.max(4096);
         let largest = self
             .blocks
             .iter()
-            .map(|&l| self.model.index().layers[l].footprint(granule))
+            .filter_map(|&l| self.model.footprint(l).ok())
             .max()
             .unwrap_or(1)
             .max(1);

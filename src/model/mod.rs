@@ -524,6 +524,17 @@ impl MappedModel {
         .boxed()
     }
 
+    /// The bytes layer `layer` is charged against `max_cache_size` when it
+    /// is in memory: its size rounded up to the allocation granule
+    /// (`min_layer_cache_size`, a whole number of 4 KiB pages).
+    ///
+    /// # Errors
+    /// [`Error::LayerOutOfRange`], [`Error::Closed`].
+    pub fn footprint(&self, layer: usize) -> Result<u64> {
+        self.shared.check(layer)?;
+        Ok(self.shared.footprint(layer))
+    }
+
     /// The read-ahead [`stream_layers`](Self::stream_layers) uses by default:
     /// as many of the largest layers as fit in the budget beside the one the
     /// consumer holds, at most 4, and at least 1 when two layers fit.
