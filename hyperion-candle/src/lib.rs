@@ -12,6 +12,9 @@
 //! candle owns the memory of its CPU tensors, so every conversion copies the
 //! bytes once, out of the layer buffer and into candle's storage; nothing
 //! here copies twice (but for tensors misaligned in their layer).
+//! - [`qmatmul`]: the exception, a quantized matmul that runs candle's own
+//!   kernel over the layer buffer in place, for the block types where that
+//!   is the kernel candle would run.
 //!
 //! - [`llama`]: a Llama-family model (GGUF) whose transformer blocks stream
 //!   through Hyperion during the forward pass, within its memory budget, with
@@ -26,6 +29,7 @@ pub mod convert;
 mod error;
 pub mod generate;
 pub mod llama;
+pub mod qmatmul;
 pub mod sampling;
 pub mod tokenizer;
 

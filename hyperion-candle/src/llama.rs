@@ -7,8 +7,8 @@
 //! model's; what differs is where the weights live:
 //!
 //! - **Resident**, read once at [`StreamedLlama::open`] and then dropped
-//!   from Hyperion's cache: the token embedding (dequantized to `f32`, as the
-//!   eager model does), the final norm, and the output head (the embedding's
+//!   from Hyperion's cache: the token embedding (kept quantized, each row
+//!   dequantized when it is looked up), the final norm, and the output head (the embedding's
 //!   quantized table when the head is tied). Also resident: the KV cache.
 //! - **Streamed**, each forward pass: every transformer block's layer is
 //!   fetched with [`MappedModel::stream_layers`] (reading ahead while the
@@ -28,15 +28,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
-use candle_nn::Embedding;
 use futures::StreamExt;
 use hyperion::format::gguf::{read_header, GgufHeader};
 use hyperion::{LayerWeights, MappedModel, MmapConfig};
 
 use crate::convert;
 use crate::error::{Error, Result};
+use crate::qmatmul::Linear;
 
 /// The longest sequence (prompt plus generated tokens) the rotary tables
 /// cover, as in candle's `quantized_llama`.
@@ -149,15 +149,16 @@ impl RmsNorm {
     }
 }
 
-/// One transformer block's weights, converted from its layer for one pass.
+/// One transformer block's weights for one pass: its matrices read in place
+/// from its layer where candle's kernel allows ([`Linear`]), else converted.
 struct Block {
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
-    w_gate: QMatMul,
-    w_down: QMatMul,
-    w_up: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    w_gate: Linear,
+    w_down: Linear,
+    w_up: Linear,
     attention_norm: RmsNorm,
     ffn_norm: RmsNorm,
 }
@@ -169,12 +170,7 @@ impl Block {
             let name = format!("blk.{block}.{suffix}");
             weights.tensor(&name).ok_or(Error::MissingTensor { name })
         };
-        let q = |suffix: &str| -> Result<QMatMul> {
-            Ok(QMatMul::from_qtensor(convert::to_qtensor(
-                &find(suffix)?,
-                device,
-            )?)?)
-        };
+        let q = |suffix: &str| Linear::from_view(weights, &find(suffix)?, device);
         let norm = |suffix: &str| -> Result<RmsNorm> {
             Ok(RmsNorm {
                 weight: convert::to_dequantized(&find(suffix)?, device)?,
@@ -192,6 +188,23 @@ impl Block {
             attention_norm: norm("attn_norm.weight")?,
             ffn_norm: norm("ffn_norm.weight")?,
         })
+    }
+}
+
+impl Block {
+    /// Whether any matrix is read in place (the block holds its layer).
+    fn reads_in_place(&self) -> bool {
+        [
+            &self.wq,
+            &self.wk,
+            &self.wv,
+            &self.wo,
+            &self.w_gate,
+            &self.w_down,
+            &self.w_up,
+        ]
+        .iter()
+        .any(|l| matches!(l, Linear::InPlace(_)))
     }
 }
 
@@ -229,18 +242,20 @@ pub struct StreamedLlama {
     path: PathBuf,
     config: LlamaConfig,
     device: Device,
-    embedding: Embedding,
+    /// The token embedding, quantized as in the file.
+    embedding: Arc<QTensor>,
     norm: RmsNorm,
     output: QMatMul,
     /// Layer index of each block, in block order.
     blocks: Arc<[usize]>,
-    /// Whether converted blocks are kept between passes: when the budget
-    /// holds every layer of the model, candle's copy of a block replaces
-    /// Hyperion's buffer after the first pass (the memory in use stays the
-    /// model's size, within the budget), and later passes neither read nor
-    /// convert it.
+    /// Whether blocks are kept between passes: when the budget holds every
+    /// layer of the model, a block built in the first pass is kept, and
+    /// later passes neither read nor convert it. A block read in place keeps
+    /// its layer (cached, within the budget); a block copied into candle
+    /// replaces it (the layer is released), so the memory in use stays the
+    /// model's size either way.
     keep_converted: bool,
-    /// Blocks kept in candle's form (only with `keep_converted`).
+    /// Blocks kept (only with `keep_converted`).
     converted: Vec<Option<Arc<Block>>>,
     kv_cache: Vec<Option<(Tensor, Tensor)>>,
     cos: Tensor,
@@ -291,16 +306,20 @@ impl StreamedLlama {
             convert::to_qtensor(v, &device)
         })
         .await?;
-        let embedding = Embedding::new(embd_q.dequantize(&device)?, llama.embedding_length);
+        // Rows are dequantized as they are looked up (`QTensor::embedding`,
+        // the same per-block conversion as the eager model's whole-table
+        // `dequantize`): the table stays in its file's size, not four bytes a
+        // value.
+        let embedding = Arc::new(embd_q);
         let norm_weight = resident(&model, "output_norm.weight", |v| {
             convert::to_dequantized(v, &device)
         })
         .await?;
         // A missing output head is tied to the embedding, as in llama.cpp.
         let output = if model.index().find_tensor("output.weight").is_some() {
-            resident(&model, "output.weight", |v| convert::to_qtensor(v, &device)).await?
+            Arc::new(resident(&model, "output.weight", |v| convert::to_qtensor(v, &device)).await?)
         } else {
-            embd_q
+            Arc::clone(&embedding)
         };
 
         let model_bytes: u64 = model.index().layers.iter().map(|l| l.size).sum();
@@ -312,7 +331,7 @@ impl StreamedLlama {
                 weight: norm_weight,
                 eps: llama.rms_norm_eps as f32,
             },
-            output: QMatMul::from_qtensor(output)?,
+            output: QMatMul::from_arc(output)?,
             neg_inf: Tensor::new(f32::NEG_INFINITY, &device)?,
             masks: HashMap::new(),
             lookahead: None,
@@ -403,7 +422,7 @@ impl StreamedLlama {
         } else {
             Some(self.mask(seq_len, index_pos)?)
         };
-        let mut x = self.embedding.forward(&ids)?;
+        let mut x = self.embedding.embedding(&ids)?;
         let mut stats = PassStats::default();
         let lookahead = self.lookahead.unwrap_or_else(|| self.block_lookahead());
         // Blocks already converted and kept (see `keep_converted`) are not
@@ -412,7 +431,17 @@ impl StreamedLlama {
             .filter(|&b| self.converted[b].is_none())
             .map(|b| self.blocks[b])
             .collect();
-        let mut layers = self.model.stream_layers(pending, Some(lookahead));
+        // The next pass reads the same blocks (unless this one keeps them):
+        // its first ones are read ahead while this pass ends (the stream is
+        // dropped after this pass's items).
+        let next_pass = if self.keep_converted {
+            Vec::new()
+        } else {
+            pending.clone()
+        };
+        let mut layers = self
+            .model
+            .stream_layers(pending.into_iter().chain(next_pass), Some(lookahead));
         for block in 0..self.config.block_count {
             let converted = match &self.converted[block] {
                 Some(b) => Arc::clone(b),
@@ -428,9 +457,11 @@ impl StreamedLlama {
                     stats.compute_s += computed.elapsed().as_secs_f64();
                     let b = Arc::new(b);
                     if self.keep_converted {
-                        // candle's copy replaces the layer: let Hyperion's go.
                         self.converted[block] = Some(Arc::clone(&b));
-                        self.model.release(weights.layer_index())?;
+                        if !b.reads_in_place() {
+                            // candle's copy replaces the layer: let Hyperion's go.
+                            self.model.release(weights.layer_index())?;
+                        }
                     }
                     b
                 }

@@ -122,9 +122,20 @@ async fn streamed_llama_generates_what_candles_eager_model_generates() {
             );
         } else {
             // The whole model fits: each layer is read once, and the blocks
-            // live on in candle's form, their layers released.
+            // are kept (this file's Q4_1 blocks read in place, so their
+            // layers stay Hyperion's, within the budget; the resident
+            // layers were released when they were copied into candle).
             assert_eq!(stats.reads as usize, index.layers.len(), "{stats:?}");
-            assert_eq!(held, 0, "Hyperion still holds layer memory");
+            let blocks: u64 = index
+                .layers
+                .iter()
+                .filter(|l| l.block().is_some())
+                .map(|l| l.footprint(4096))
+                .sum();
+            assert!(
+                held <= blocks,
+                "Hyperion holds {held} bytes, more than the blocks' {blocks}"
+            );
         }
     }
 }

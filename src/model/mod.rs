@@ -12,6 +12,7 @@ mod fetch;
 mod load;
 mod prefetch;
 mod shared;
+mod stream;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -24,6 +25,7 @@ pub use crate::meta::DEFAULT_PRIORITY;
 use fetch::FetchState;
 pub use fetch::LayerFetch;
 use shared::Shared;
+use stream::ReadAhead;
 
 use crate::config::{Backend, MmapConfig};
 use crate::error::{Error, Result};
@@ -457,12 +459,21 @@ impl MappedModel {
     /// `lookahead` of the next layers being read ahead of the consumer.
     ///
     /// This is the pipelined forward pass in one call: while the consumer
-    /// computes with layer `order[k]`, layers `order[k+1..=k+lookahead]` are
-    /// prefetched. Read-ahead never goes past the budget: a prefetch that
-    /// finds no room is dropped and retried on the next step, and the layers
-    /// the consumer has passed are ordinary unheld cache entries that the
-    /// budget evicts when it needs room. An index out of range yields an
-    /// error item and the stream goes on.
+    /// computes with layer `order[k]`, the next layers of `order` that are
+    /// not cached are prefetched, `lookahead` of them at a time. Layers
+    /// ahead that are cached already are passed over (they need no read), up
+    /// to as many positions ahead as the budget holds layers. Read-ahead
+    /// never goes past the budget: a prefetch that finds no room is dropped
+    /// and retried on the next step, and the layers the consumer has passed
+    /// are ordinary unheld cache entries that the budget evicts when it needs
+    /// room. An index out of range yields an error item and the stream goes
+    /// on.
+    ///
+    /// `order` may name more layers than the consumer will take: a forward
+    /// pass that is run again and again (one per generated token) can pass
+    /// this pass's order followed by the next pass's, take only this pass's
+    /// items, and drop the stream; the next pass's first layers are then
+    /// already being read while this pass ends.
     ///
     /// `lookahead: None` uses [`default_lookahead`](Self::default_lookahead).
     /// With `prefetch_enabled = false` nothing is read ahead.
@@ -509,16 +520,19 @@ impl MappedModel {
         let order: Arc<[usize]> = order.into_iter().collect();
         let lookahead = lookahead.unwrap_or_else(|| self.default_lookahead());
         self.shared.cache.reserve_for_prefetch(lookahead);
-        futures::stream::unfold((self.clone(), 0usize), move |(model, pos)| {
+        // Looking further ahead than the budget holds layers would only
+        // read what evicts a layer needed sooner.
+        let window = (self.shared.budget.max() / self.largest_footprint()) as usize;
+        let window = window.max(lookahead);
+        let state = (self.clone(), 0usize, ReadAhead::default());
+        futures::stream::unfold(state, move |(model, pos, mut ahead)| {
             let order = Arc::clone(&order);
             async move {
                 let &layer = order.get(pos)?;
-                for &ahead in order.iter().skip(pos + 1).take(lookahead) {
-                    // A refused prefetch is retried on the next step.
-                    let _ = model.prefetch(ahead);
-                }
+                ahead.advance(&model, &order, pos, lookahead, window);
                 let item = model.layer(layer).await;
-                Some((item, (model, pos + 1)))
+                ahead.consumed(layer);
+                Some((item, (model, pos + 1, ahead)))
             }
         })
         .boxed()
@@ -543,14 +557,17 @@ impl MappedModel {
     /// through uneven compute; more only ties up budget earlier (and with
     /// `prefetch_threads` reads in flight at once, the rest queue anyway).
     pub fn default_lookahead(&self) -> usize {
-        let s = &self.shared;
-        let largest = (0..self.layer_count())
-            .map(|i| s.footprint(i))
+        let fit = (self.shared.budget.max() / self.largest_footprint()) as usize;
+        fit.saturating_sub(1).min(4)
+    }
+
+    /// The budget charge of the model's largest layer (at least 1).
+    fn largest_footprint(&self) -> u64 {
+        (0..self.layer_count())
+            .map(|i| self.shared.footprint(i))
             .max()
             .unwrap_or(1)
-            .max(1);
-        let fit = (s.budget.max() / largest) as usize;
-        fit.saturating_sub(1).min(4)
+            .max(1)
     }
 
     /// A snapshot of the model's counters.
