@@ -1,5 +1,6 @@
 //! Text in, text out: the tokenizer a GGUF embeds (`tokenizer.ggml.*`,
-//! through candle's `TokenizerFromGguf`), as a `tokenizers::Tokenizer`.
+//! through candle's `TokenizerFromGguf`), or the `tokenizer.json` beside
+//! Hugging Face safetensors, as a `tokenizers::Tokenizer`.
 
 use std::path::Path;
 
@@ -8,6 +9,7 @@ use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
+use crate::llama::ModelFiles;
 
 /// A tokenizer and the end-of-sequence token it declares.
 #[derive(Debug, Clone)]
@@ -38,6 +40,43 @@ impl TextTokenizer {
             .metadata
             .get("tokenizer.ggml.eos_token_id")
             .and_then(|v| v.to_u32().ok());
+        Ok(TextTokenizer { tokenizer, eos })
+    }
+
+    /// The tokenizer of the model at `path` (as
+    /// [`StreamedLlama::open`](crate::llama::StreamedLlama::open) takes it):
+    /// the GGUF's own, or `tokenizer.json` beside safetensors.
+    ///
+    /// # Errors
+    /// As [`from_gguf`](Self::from_gguf) and
+    /// [`from_tokenizer_json`](Self::from_tokenizer_json).
+    pub fn for_model(path: &Path) -> Result<Self> {
+        match ModelFiles::locate(path)? {
+            ModelFiles::Gguf(file) => Self::from_gguf(&file),
+            ModelFiles::Safetensors { dir, .. } => Self::from_tokenizer_json(&dir),
+        }
+    }
+
+    /// `dir/tokenizer.json`, with the end-of-sequence token of
+    /// `dir/config.json` (`eos_token_id`, the first if a list) when there is one.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] when `tokenizer.json` is missing or unreadable.
+    pub fn from_tokenizer_json(dir: &Path) -> Result<Self> {
+        let file = dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&file).map_err(|e| Error::Unsupported {
+            path: file.clone(),
+            what: format!("tokenizer.json: {e}"),
+        })?;
+        let eos = std::fs::read_to_string(dir.join("config.json"))
+            .ok()
+            .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
+            .and_then(|config| {
+                let id = config.get("eos_token_id")?;
+                id.as_u64()
+                    .or_else(|| id.as_array()?.first()?.as_u64())
+                    .and_then(|id| u32::try_from(id).ok())
+            });
         Ok(TextTokenizer { tokenizer, eos })
     }
 

@@ -1,5 +1,6 @@
 //! `hyperion-generate MODEL (--prompt TEXT | --tokens ID,ID,...)`: generates
-//! text with a Llama-family GGUF whose transformer blocks stream through
+//! text with a Llama-family model (GGUF, or Hugging Face safetensors with
+//! their config.json) whose transformer blocks stream through
 //! Hyperion within `--budget` bytes (see the repository's docs/candle.md).
 //!
 //! A binary of its own, not a `hyperion` subcommand, so that building the
@@ -17,14 +18,17 @@ use hyperion_candle::llama::StreamedLlama;
 use hyperion_candle::sampling::Sampling;
 use hyperion_candle::tokenizer::TextTokenizer;
 
-/// Generates text with a Llama-family GGUF model whose blocks stream
+/// Generates text with a Llama-family model (GGUF or safetensors) whose blocks stream
 /// through Hyperion within a memory budget.
 #[derive(Parser, Debug)]
 #[command(name = "hyperion-generate", version)]
 struct Args {
-    /// The model: a GGUF file with `general.architecture = "llama"`.
+    /// The model: a GGUF file with `general.architecture = "llama"`, or
+    /// Hugging Face Llama safetensors (a file, an index, or their directory)
+    /// with config.json and tokenizer.json beside them.
     model: PathBuf,
-    /// The prompt, tokenized with the tokenizer the GGUF embeds.
+    /// The prompt, tokenized with the model's tokenizer (the GGUF's own, or
+    /// tokenizer.json).
     #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
     prompt: Option<String>,
     /// The prompt as token ids, comma-separated.
@@ -83,8 +87,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         config.max_cache_size = budget;
     }
     let tokenizer = match &args.prompt {
-        Some(_) => Some(TextTokenizer::from_gguf(&args.model)?),
-        None => TextTokenizer::from_gguf(&args.model).ok(),
+        Some(_) => Some(TextTokenizer::for_model(&args.model)?),
+        None => TextTokenizer::for_model(&args.model).ok(),
     };
     let prompt = match (&args.prompt, &args.tokens) {
         (Some(text), _) => tokenizer.as_ref().context("no tokenizer")?.encode(text)?,
@@ -148,6 +152,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "tokens_per_s": report.tokens_per_s,
             "prefill_s": report.prefill_s,
             "peak_memory": report.peak_memory,
+            "peak_rss": peak_rss(),
             "budget": report.budget,
             "bytes_read": report.bytes_read,
             "io_hidden": report.io_hidden,
@@ -156,14 +161,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         println!();
         eprintln!(
-            "hyperion-generate: {} tokens, {:.1} tokens/s; peak layer memory {} of {} bytes; read {} bytes; {:.0}% of read time hidden",
+            "hyperion-generate: {} tokens, {:.1} tokens/s; peak layer memory {} of {} bytes (process peak RSS {}); read {} bytes; {:.0}% of read time hidden",
             report.tokens.len(),
             report.tokens_per_s,
             report.peak_memory,
             report.budget,
+            peak_rss().map_or("unknown".into(), |b| format!("{b} bytes")),
             report.bytes_read,
             report.io_hidden * 100.0
         );
     }
     Ok(())
+}
+
+/// The process's peak resident set size in bytes (`VmHWM`), where the OS
+/// reports it: the layer budget plus everything resident beside it (the
+/// embedding and head, the KV cache, candle's scratch, the binary).
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

@@ -44,6 +44,7 @@ fn json_reports_tokens_text_and_memory_within_the_budget() {
         "text",
         "tokens_per_s",
         "peak_memory",
+        "peak_rss",
         "budget",
         "bytes_read",
         "io_hidden",
@@ -53,6 +54,7 @@ fn json_reports_tokens_text_and_memory_within_the_budget() {
     assert_eq!(v["tokens"].as_array().unwrap().len(), 8);
     assert!(v["text"].as_str().unwrap().contains("Paris"), "{v}");
     assert!(v["peak_memory"].as_u64().unwrap() <= budget);
+    assert!(v["peak_rss"].as_u64().unwrap() > budget / 2, "{v}");
     assert_eq!(v["budget"].as_u64().unwrap(), budget);
     // Blocks that do not fit are read again on every token.
     assert!(v["bytes_read"].as_u64().unwrap() > 98_000_000, "{v}");
@@ -74,6 +76,58 @@ fn token_ids_in_text_out() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("Paris"));
+}
+
+/// A Hugging Face checkpoint (random weights, written by `transformers`;
+/// hyperion-candle/tests/reference/hf_llama.py): the directory as the
+/// model, its tokenizer.json for text, and the greedy tokens transformers
+/// chose.
+#[test]
+fn safetensors_directory_with_tokenizer_json() {
+    let Some(python) = common::python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = common::repo_root().join("hyperion-candle/tests/reference/hf_llama.py");
+    let made = Command::new(python)
+        .arg(script)
+        .arg(dir.path())
+        .args(["--shard-size", "300KB", "--tokens", "6"])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("reference.json")).unwrap()).unwrap();
+    let out = generate(&[
+        dir.path().to_str().unwrap(),
+        "--prompt",
+        "w1 w17 w42 w99 w7",
+        "--max-tokens",
+        "6",
+        "--budget",
+        "600000",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["prompt_tokens"], reference["prompt"], "{v}");
+    assert_eq!(v["tokens"], reference["tokens"], "{v}");
+    let words: Vec<String> = reference["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| format!("w{t}"))
+        .collect();
+    assert_eq!(v["text"], words.join(" "), "{v}");
+    assert!(v["peak_memory"].as_u64().unwrap() <= 600_000);
 }
 
 #[test]

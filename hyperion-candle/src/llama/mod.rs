@@ -1,212 +1,55 @@
 //! A Llama-family transformer (the llama.cpp `llama` architecture: Llama
 //! 2/3, SmolLM/SmolLM2, TinyLlama, Mistral-style grouped-query attention)
-//! whose blocks stream through Hyperion, from GGUF.
+//! whose blocks stream through Hyperion, from a GGUF (quantized) or from
+//! Hugging Face safetensors with their `config.json` (f32, f16 or bf16).
 //!
-//! The math is candle-transformers' `quantized_llama` (same candle kernels,
-//! same order of operations), so the logits are the same as that eager
-//! model's; what differs is where the weights live:
+//! The math is candle-transformers' (same candle kernels, same order of
+//! operations): `quantized_llama` for GGUF, `llama` for safetensors, so the
+//! logits are those eager models'. What differs is where the weights live:
 //!
 //! - **Resident**, read once at [`StreamedLlama::open`] and then dropped
-//!   from Hyperion's cache: the token embedding (kept quantized, each row
-//!   dequantized when it is looked up), the final norm, and the output head (the embedding's
-//!   quantized table when the head is tied). Also resident: the KV cache.
+//!   from Hyperion's cache: the token embedding (a GGUF's kept quantized,
+//!   each row dequantized when it is looked up), the final norm, and the
+//!   output head (the embedding when the head is tied). Also resident: the
+//!   KV cache.
 //! - **Streamed**, each forward pass: every transformer block's layer is
 //!   fetched with [`MappedModel::stream_layers`] (reading ahead while the
-//!   current block computes), converted to candle's quantized tensors (one
-//!   copy), used, and let go. Hyperion keeps as many blocks cached as
+//!   current block computes), used, and let go. A GGUF block's quantized
+//!   matrices are multiplied in place over the layer buffer where candle's
+//!   kernel allows ([`crate::qmatmul`]); dense matrices are copied into
+//!   candle once per pass. Hyperion keeps as many blocks cached as
 //!   `max_cache_size` allows; the rest are read again on the next pass.
-//!   When the budget holds the whole model, a block's converted form is
-//!   kept instead, and its layer released, after the first pass: later
-//!   passes neither read nor convert it, and the memory in use stays the
-//!   model's size.
+//!   When the budget holds the whole model, each block is built once and
+//!   kept (see `keep_converted`).
 //!
-//! Only GGUF files with `general.architecture = "llama"` and without
-//! mixture-of-experts are accepted; anything else is a one-line error that
+//! Accepted: GGUF files with `general.architecture = "llama"` without
+//! mixture-of-experts or rope scaling keys; `config.json` with `model_type`
+//! `llama` (or `mistral` without a sliding window), SiLU, no biases, rotary
+//! scaling of type `llama3` or none. Anything else is a one-line error that
 //! says what is missing.
 
+mod block;
+mod config;
+
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use futures::StreamExt;
-use hyperion::format::gguf::{read_header, GgufHeader};
-use hyperion::{LayerWeights, MappedModel, MmapConfig};
+use hyperion::format::gguf::read_header;
+use hyperion::{MappedModel, MmapConfig};
 
 use crate::convert;
 use crate::error::{Error, Result};
-use crate::qmatmul::Linear;
+use block::{Block, Flavor, RmsNorm};
+pub use config::{LlamaConfig, RopeScaling};
 
 /// The longest sequence (prompt plus generated tokens) the rotary tables
 /// cover, as in candle's `quantized_llama`.
 pub const MAX_SEQ_LEN: usize = 4096;
-
-/// The hyper-parameters of a `llama` GGUF, from its metadata.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct LlamaConfig {
-    /// `llama.block_count`: transformer blocks.
-    pub block_count: usize,
-    /// `llama.embedding_length`: the hidden size.
-    pub embedding_length: usize,
-    /// `llama.attention.head_count`.
-    pub head_count: usize,
-    /// `llama.attention.head_count_kv` (grouped-query attention when fewer
-    /// than `head_count`).
-    pub head_count_kv: usize,
-    /// `llama.rope.dimension_count`: rotary dimensions per head.
-    pub rope_dimension: usize,
-    /// `llama.rope.freq_base` (10,000 when absent).
-    pub rope_freq_base: f32,
-    /// `llama.attention.layer_norm_rms_epsilon`.
-    pub rms_norm_eps: f64,
-    /// `llama.context_length`, if the file says.
-    pub context_length: Option<usize>,
-}
-
-impl LlamaConfig {
-    /// Reads the config from a GGUF header.
-    ///
-    /// # Errors
-    /// [`Error::Unsupported`] naming the first missing or unsupported key.
-    pub fn from_gguf(path: &Path, header: &GgufHeader) -> Result<Self> {
-        let unsupported = |what: String| Error::Unsupported {
-            path: path.to_path_buf(),
-            what,
-        };
-        let arch = header
-            .get("general.architecture")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| unsupported("no general.architecture key".into()))?;
-        if arch != "llama" {
-            return Err(unsupported(format!(
-                "architecture {arch:?} (only \"llama\" is supported)"
-            )));
-        }
-        let int = |key: &str| -> Result<usize> {
-            header
-                .get(key)
-                .and_then(|v| v.as_u64())
-                .and_then(|v| usize::try_from(v).ok())
-                .ok_or_else(|| unsupported(format!("no integer {key} key")))
-        };
-        if header
-            .get("llama.expert_count")
-            .and_then(|v| v.as_u64())
-            .is_some_and(|n| n > 1)
-        {
-            return Err(unsupported("mixture-of-experts blocks".into()));
-        }
-        let config = LlamaConfig {
-            block_count: int("llama.block_count")?,
-            embedding_length: int("llama.embedding_length")?,
-            head_count: int("llama.attention.head_count")?,
-            head_count_kv: int("llama.attention.head_count_kv")?,
-            rope_dimension: int("llama.rope.dimension_count")?,
-            rope_freq_base: header
-                .get("llama.rope.freq_base")
-                .and_then(|v| v.as_f64())
-                .unwrap_or(10_000.0) as f32,
-            rms_norm_eps: header
-                .get("llama.attention.layer_norm_rms_epsilon")
-                .and_then(|v| v.as_f64())
-                .ok_or_else(|| {
-                    unsupported("no llama.attention.layer_norm_rms_epsilon key".into())
-                })?,
-            context_length: int("llama.context_length").ok(),
-        };
-        if config.head_count == 0
-            || config.head_count_kv == 0
-            || config.head_count % config.head_count_kv != 0
-            || config.embedding_length % config.head_count != 0
-        {
-            return Err(unsupported(format!(
-                "{} heads, {} key/value heads and a hidden size of {}",
-                config.head_count, config.head_count_kv, config.embedding_length
-            )));
-        }
-        if header.get("llama.rope.scaling.type").is_some() {
-            return Err(unsupported("rope scaling (llama.rope.scaling.*)".into()));
-        }
-        Ok(config)
-    }
-
-    fn head_dim(&self) -> usize {
-        self.embedding_length / self.head_count
-    }
-}
-
-/// An RMS norm with its weight resident, as candle-transformers' `RmsNorm`.
-struct RmsNorm {
-    weight: Tensor,
-    eps: f32,
-}
-
-impl RmsNorm {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::ops::rms_norm(x, &self.weight, self.eps)
-    }
-}
-
-/// One transformer block's weights for one pass: its matrices read in place
-/// from its layer where candle's kernel allows ([`Linear`]), else converted.
-struct Block {
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
-    wo: Linear,
-    w_gate: Linear,
-    w_down: Linear,
-    w_up: Linear,
-    attention_norm: RmsNorm,
-    ffn_norm: RmsNorm,
-}
-
-impl Block {
-    /// Converts the tensors of block `block` (its layer's `weights`).
-    fn from_layer(weights: &LayerWeights, block: usize, eps: f64, device: &Device) -> Result<Self> {
-        let find = |suffix: &str| {
-            let name = format!("blk.{block}.{suffix}");
-            weights.tensor(&name).ok_or(Error::MissingTensor { name })
-        };
-        let q = |suffix: &str| Linear::from_view(weights, &find(suffix)?, device);
-        let norm = |suffix: &str| -> Result<RmsNorm> {
-            Ok(RmsNorm {
-                weight: convert::to_dequantized(&find(suffix)?, device)?,
-                eps: eps as f32,
-            })
-        };
-        Ok(Block {
-            wq: q("attn_q.weight")?,
-            wk: q("attn_k.weight")?,
-            wv: q("attn_v.weight")?,
-            wo: q("attn_output.weight")?,
-            w_gate: q("ffn_gate.weight")?,
-            w_down: q("ffn_down.weight")?,
-            w_up: q("ffn_up.weight")?,
-            attention_norm: norm("attn_norm.weight")?,
-            ffn_norm: norm("ffn_norm.weight")?,
-        })
-    }
-}
-
-impl Block {
-    /// Whether any matrix is read in place (the block holds its layer).
-    fn reads_in_place(&self) -> bool {
-        [
-            &self.wq,
-            &self.wk,
-            &self.wv,
-            &self.wo,
-            &self.w_gate,
-            &self.w_down,
-            &self.w_up,
-        ]
-        .iter()
-        .any(|l| matches!(l, Linear::InPlace(_)))
-    }
-}
 
 /// What a forward pass read and computed, for reports and benches.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -241,11 +84,11 @@ pub struct StreamedLlama {
     model: MappedModel,
     path: PathBuf,
     config: LlamaConfig,
+    flavor: Flavor,
     device: Device,
-    /// The token embedding, quantized as in the file.
-    embedding: Arc<QTensor>,
+    embedding: TokenEmbedding,
     norm: RmsNorm,
-    output: QMatMul,
+    output: OutputHead,
     /// Layer index of each block, in block order.
     blocks: Arc<[usize]>,
     /// Whether blocks are kept between passes: when the budget holds every
@@ -266,72 +109,199 @@ pub struct StreamedLlama {
     last_pass: PassStats,
 }
 
-impl StreamedLlama {
-    /// Opens the GGUF at `path` within `config`'s budget: reads its metadata,
-    /// and reads the resident weights (embedding, final norm, output head)
-    /// once. Blocks are read by [`forward`](Self::forward).
+/// The token embedding: a GGUF's quantized table (rows dequantized on
+/// lookup, as `quantized_llama`'s whole-table dequantization gives them), or
+/// a dense table in the compute dtype.
+enum TokenEmbedding {
+    Quantized(Arc<QTensor>),
+    Dense(candle_nn::Embedding),
+}
+
+impl TokenEmbedding {
+    fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            TokenEmbedding::Quantized(q) => q.embedding(ids),
+            TokenEmbedding::Dense(e) => e.forward(ids),
+        }
+    }
+}
+
+/// The output head: quantized (GGUF) or dense (safetensors).
+enum OutputHead {
+    Quantized(QMatMul),
+    Dense(candle_nn::Linear),
+}
+
+/// The files of a model, found from the path a user gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelFiles {
+    /// A GGUF file: weights, hyper-parameters and tokenizer in one.
+    Gguf(PathBuf),
+    /// Hugging Face safetensors: `weights` (a `.safetensors` file or a
+    /// `model.safetensors.index.json`), with `config.json` and (for text)
+    /// `tokenizer.json` in the same directory.
+    Safetensors {
+        /// The weights file Hyperion opens.
+        weights: PathBuf,
+        /// The directory holding `config.json` and `tokenizer.json`.
+        dir: PathBuf,
+    },
+}
+
+impl ModelFiles {
+    /// Finds a model's files from `path`: a GGUF file (by its magic), a
+    /// safetensors file or `model.safetensors.index.json`, or a directory
+    /// holding `model.safetensors.index.json` or `model.safetensors`.
     ///
     /// # Errors
-    /// [`Error::Unsupported`] for a file that is not a `llama` GGUF,
+    /// [`Error::Unsupported`] naming what is missing.
+    pub fn locate(path: &Path) -> Result<Self> {
+        let unsupported = |what: String| Error::Unsupported {
+            path: path.to_path_buf(),
+            what,
+        };
+        if path.is_dir() {
+            let weights = ["model.safetensors.index.json", "model.safetensors"]
+                .iter()
+                .map(|name| path.join(name))
+                .find(|p| p.is_file())
+                .ok_or_else(|| {
+                    unsupported(
+                        "no model.safetensors.index.json or model.safetensors in the directory"
+                            .into(),
+                    )
+                })?;
+            return Ok(ModelFiles::Safetensors {
+                weights,
+                dir: path.to_path_buf(),
+            });
+        }
+        let mut magic = [0u8; 4];
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .map_err(|e| unsupported(format!("cannot read: {e}")))?;
+        if &magic == b"GGUF" {
+            return Ok(ModelFiles::Gguf(path.to_path_buf()));
+        }
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        Ok(ModelFiles::Safetensors {
+            weights: path.to_path_buf(),
+            dir,
+        })
+    }
+}
+
+impl StreamedLlama {
+    /// Opens the model at `path` within `config`'s budget: a llama GGUF,
+    /// or Hugging Face safetensors (a file, an index, or their directory)
+    /// with `config.json` beside them ([`ModelFiles::locate`]). Reads the
+    /// metadata, and the resident weights (embedding, final norm, output
+    /// head) once. Blocks are read by [`forward`](Self::forward).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] for a model this does not run (naming what),
     /// [`Error::MissingTensor`], and Hyperion's errors (a budget smaller than
     /// the largest layer is [`hyperion::Error::LayerTooLarge`]).
     pub async fn open(path: impl AsRef<Path>, config: MmapConfig) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let header = {
-            let path = path.clone();
-            let what = path.display().to_string();
-            tokio::task::spawn_blocking(move || read_header(&path))
+        let files = ModelFiles::locate(path.as_ref())?;
+        let (path, llama) = {
+            let files = files.clone();
+            let what = path.as_ref().display().to_string();
+            tokio::task::spawn_blocking(move || read_config(&files))
                 .await
                 .map_err(|_| Error::RuntimeGone { what })??
         };
-        let llama = LlamaConfig::from_gguf(&path, &header)?;
         let model = MappedModel::open(&path, config).await?;
         let device = Device::Cpu;
+        let flavor = match files {
+            ModelFiles::Gguf(_) => Flavor::Gguf,
+            ModelFiles::Safetensors { .. } => {
+                // The compute dtype is the embedding's, as stored.
+                let name = Flavor::Hf { dtype: DType::F32 }.embedding();
+                let at = model
+                    .index()
+                    .find_tensor(name)
+                    .ok_or_else(|| Error::MissingTensor { name: name.into() })?;
+                let stored = at.spec.dtype;
+                let dtype = convert::candle_dtype(stored)
+                    .filter(|d| matches!(d, DType::F32 | DType::F16 | DType::BF16))
+                    .ok_or_else(|| Error::Unsupported {
+                        path: path.clone(),
+                        what: format!("{name} of dtype {stored} (f32, f16 or bf16 only)"),
+                    })?;
+                Flavor::Hf { dtype }
+            }
+        };
         let index = model.index();
         let blocks: Arc<[usize]> = (0..llama.block_count)
             .map(|b| {
+                let name = flavor.block_tensor(b, "attn_q.weight");
                 index
-                    .find_tensor(&format!("blk.{b}.attn_q.weight"))
+                    .find_tensor(&name)
                     .map(|at| at.layer)
-                    .ok_or(Error::MissingTensor {
-                        name: format!("blk.{b}.attn_q.weight"),
-                    })
+                    .ok_or(Error::MissingTensor { name })
             })
             .collect::<Result<_>>()?;
 
         // Each resident tensor is converted (copied into candle) and its
         // layer released and dropped before the next is read, so opening
         // needs no more budget than the largest of them.
-        let embd_q = resident(&model, "token_embd.weight", |v| {
-            convert::to_qtensor(v, &device)
-        })
-        .await?;
-        // Rows are dequantized as they are looked up (`QTensor::embedding`,
-        // the same per-block conversion as the eager model's whole-table
-        // `dequantize`): the table stays in its file's size, not four bytes a
-        // value.
-        let embedding = Arc::new(embd_q);
-        let norm_weight = resident(&model, "output_norm.weight", |v| {
-            convert::to_dequantized(v, &device)
-        })
-        .await?;
-        // A missing output head is tied to the embedding, as in llama.cpp.
-        let output = if model.index().find_tensor("output.weight").is_some() {
-            Arc::new(resident(&model, "output.weight", |v| convert::to_qtensor(v, &device)).await?)
-        } else {
-            Arc::clone(&embedding)
+        let (embedding, output) = match flavor {
+            Flavor::Gguf => {
+                let table = Arc::new(
+                    resident(&model, flavor.embedding(), |v| {
+                        convert::to_qtensor(v, &device)
+                    })
+                    .await?,
+                );
+                // A missing output head is tied to the embedding, as in llama.cpp.
+                let head = if model.index().find_tensor(flavor.output()).is_some() {
+                    Arc::new(
+                        resident(&model, flavor.output(), |v| convert::to_qtensor(v, &device))
+                            .await?,
+                    )
+                } else {
+                    Arc::clone(&table)
+                };
+                (
+                    TokenEmbedding::Quantized(table),
+                    OutputHead::Quantized(QMatMul::from_arc(head)?),
+                )
+            }
+            Flavor::Hf { dtype } => {
+                let dense = |v: &hyperion::TensorView<'_>| -> Result<Tensor> {
+                    Ok(convert::to_tensor(v, &device)?.to_dtype(dtype)?)
+                };
+                let table = resident(&model, flavor.embedding(), dense).await?;
+                let head = if llama.tied_output {
+                    table.clone()
+                } else {
+                    resident(&model, flavor.output(), dense).await?
+                };
+                (
+                    TokenEmbedding::Dense(candle_nn::Embedding::new(table, llama.embedding_length)),
+                    OutputHead::Dense(candle_nn::Linear::new(head, None)),
+                )
+            }
         };
+        let norm_weight = resident(&model, flavor.final_norm(), |v| {
+            flavor.norm_weight(v, &device)
+        })
+        .await?;
 
         let model_bytes: u64 = model.index().layers.iter().map(|l| l.size).sum();
         let keep_converted = model.config().max_cache_size >= model_bytes;
-        let (cos, sin) = rope_tables(llama.rope_dimension, llama.rope_freq_base, &device)?;
+        let (cos, sin) = rope_tables(&llama, flavor.dtype(), &device)?;
         Ok(StreamedLlama {
             kv_cache: vec![None; llama.block_count],
             norm: RmsNorm {
                 weight: norm_weight,
                 eps: llama.rms_norm_eps as f32,
             },
-            output: QMatMul::from_arc(output)?,
+            output,
             neg_inf: Tensor::new(f32::NEG_INFINITY, &device)?,
             masks: HashMap::new(),
             lookahead: None,
@@ -341,6 +311,7 @@ impl StreamedLlama {
             model,
             path,
             config: llama,
+            flavor,
             device,
             embedding,
             blocks,
@@ -422,7 +393,7 @@ impl StreamedLlama {
         } else {
             Some(self.mask(seq_len, index_pos)?)
         };
-        let mut x = self.embedding.embedding(&ids)?;
+        let mut x = self.embedding.forward(&ids)?;
         let mut stats = PassStats::default();
         let lookahead = self.lookahead.unwrap_or_else(|| self.block_lookahead());
         // Blocks already converted and kept (see `keep_converted`) are not
@@ -452,8 +423,9 @@ impl StreamedLlama {
                     })??;
                     stats.waiting_s += waited.elapsed().as_secs_f64();
                     let computed = std::time::Instant::now();
-                    let eps = self.config.rms_norm_eps;
-                    let b = compute(|| Block::from_layer(&weights, block, eps, &self.device))?;
+                    let (eps, flavor) = (self.config.rms_norm_eps, self.flavor);
+                    let b =
+                        compute(|| Block::from_layer(&weights, flavor, block, eps, &self.device))?;
                     stats.compute_s += computed.elapsed().as_secs_f64();
                     let b = Arc::new(b);
                     if self.keep_converted {
@@ -472,7 +444,12 @@ impl StreamedLlama {
         }
         let x = self.norm.forward(&x)?;
         let x = x.i((.., seq_len - 1, ..))?;
-        let logits = self.output.forward(&x)?.squeeze(0)?;
+        let logits = match &self.output {
+            OutputHead::Quantized(head) => head.forward(&x)?,
+            // As candle's `llama`: a contiguous last row, logits in f32.
+            OutputHead::Dense(head) => head.forward(&x.contiguous()?)?.to_dtype(DType::F32)?,
+        };
+        let logits = logits.squeeze(0)?;
         self.last_pass = stats;
         Ok(logits)
     }
@@ -506,6 +483,21 @@ impl StreamedLlama {
         mask: Option<&Tensor>,
         index_pos: usize,
     ) -> Result<Tensor> {
+        match self.flavor {
+            Flavor::Gguf => self.attention_gguf(b, block, x, mask, index_pos),
+            Flavor::Hf { .. } => self.attention_hf(b, block, x, mask, index_pos),
+        }
+    }
+
+    /// Attention as `quantized_llama`'s (all in `f32`, interleaved rotary).
+    fn attention_gguf(
+        &mut self,
+        b: &Block,
+        block: usize,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        index_pos: usize,
+    ) -> Result<Tensor> {
         let (b_sz, seq_len, n_embd) = x.dims3()?;
         let (n_head, n_kv_head, head_dim) = (
             self.config.head_count,
@@ -525,8 +517,8 @@ impl StreamedLlama {
                 .reshape((b_sz, seq_len, n_kv_head, head_dim))?
                 .transpose(1, 2)?
                 .contiguous()?;
-        let q = self.rope(&q, index_pos)?;
-        let k = self.rope(&k, index_pos)?;
+        let q = self.rope_interleaved(&q, index_pos)?;
+        let k = self.rope_interleaved(&k, index_pos)?;
         let (k, v) = match &self.kv_cache[block] {
             Some((k_cache, v_cache)) if index_pos > 0 => (
                 Tensor::cat(&[k_cache, &k], 2)?,
@@ -538,25 +530,93 @@ impl StreamedLlama {
         let k = repeat_kv(k, n_head / n_kv_head)?;
         let v = repeat_kv(v, n_head / n_kv_head)?;
         let att = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
-        let att = match mask {
-            None => att,
-            Some(mask) => {
-                let mask = mask.broadcast_as(att.shape())?;
-                mask.where_cond(&self.neg_inf.broadcast_as(mask.shape().dims())?, &att)?
-            }
-        };
+        let att = self.masked(att, mask)?;
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         let y = att.matmul(&v.contiguous()?)?;
         let y = y.transpose(1, 2)?.reshape(&[b_sz, seq_len, n_embd])?;
         Ok(b.wo.forward(&y)?)
     }
 
-    /// Rotary embedding, interleaved (llama.cpp's "norm" convention for `llama`).
-    fn rope(&self, x: &Tensor, index_pos: usize) -> Result<Tensor> {
+    /// Attention as candle's `llama` (Hugging Face weights): projections in
+    /// the compute dtype, half-split rotary, scores and softmax in `f32`.
+    fn attention_hf(
+        &mut self,
+        b: &Block,
+        block: usize,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        index_pos: usize,
+    ) -> Result<Tensor> {
+        let (b_sz, seq_len, hidden) = x.dims3()?;
+        let (n_head, n_kv_head, head_dim) = (
+            self.config.head_count,
+            self.config.head_count_kv,
+            self.config.head_dim(),
+        );
+        let q =
+            b.wq.forward(x)?
+                .reshape((b_sz, seq_len, n_head, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?;
+        let k =
+            b.wk.forward(x)?
+                .reshape((b_sz, seq_len, n_kv_head, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?;
+        let mut v =
+            b.wv.forward(x)?
+                .reshape((b_sz, seq_len, n_kv_head, head_dim))?
+                .transpose(1, 2)?;
+        let q = self.rope_half(&q, index_pos)?;
+        let mut k = self.rope_half(&k, index_pos)?;
+        if let Some((k_cache, v_cache)) = &self.kv_cache[block] {
+            if index_pos > 0 {
+                k = Tensor::cat(&[k_cache, &k], 2)?.contiguous()?;
+                v = Tensor::cat(&[v_cache, &v], 2)?.contiguous()?;
+            }
+        }
+        self.kv_cache[block] = Some((k.clone(), v.clone()));
+        let k = repeat_kv(k, n_head / n_kv_head)?;
+        let v = repeat_kv(v, n_head / n_kv_head)?;
+        let in_dtype = q.dtype();
+        let q = q.to_dtype(DType::F32)?;
+        let k = k.to_dtype(DType::F32)?;
+        let v = v.to_dtype(DType::F32)?;
+        let att = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
+        let att = self.masked(att, mask)?;
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let y = att.matmul(&v.contiguous()?)?.to_dtype(in_dtype)?;
+        let y = y.transpose(1, 2)?.reshape(&[b_sz, seq_len, hidden])?;
+        Ok(b.wo.forward(&y)?)
+    }
+
+    /// `-inf` where the causal `mask` is set (prefill only).
+    fn masked(&self, att: Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        Ok(match mask {
+            None => att,
+            Some(mask) => {
+                let mask = mask.broadcast_as(att.shape())?;
+                mask.where_cond(&self.neg_inf.broadcast_as(mask.shape().dims())?, &att)?
+            }
+        })
+    }
+
+    /// Rotary embedding, interleaved (llama.cpp's "norm" convention for
+    /// `llama`, whose GGUF weights are permuted for it).
+    fn rope_interleaved(&self, x: &Tensor, index_pos: usize) -> Result<Tensor> {
         let (_, _, seq_len, _) = x.dims4()?;
         let cos = self.cos.narrow(0, index_pos, seq_len)?;
         let sin = self.sin.narrow(0, index_pos, seq_len)?;
         Ok(candle_nn::rotary_emb::rope_i(&x.contiguous()?, &cos, &sin)?)
+    }
+
+    /// Rotary embedding on the two halves of each head (Hugging Face's
+    /// `rotate_half`).
+    fn rope_half(&self, x: &Tensor, index_pos: usize) -> Result<Tensor> {
+        let (_, _, seq_len, _) = x.dims4()?;
+        let cos = self.cos.narrow(0, index_pos, seq_len)?;
+        let sin = self.sin.narrow(0, index_pos, seq_len)?;
+        Ok(candle_nn::rotary_emb::rope(x, &cos, &sin)?)
     }
 
     fn mask(&mut self, seq_len: usize, index_pos: usize) -> Result<Tensor> {
@@ -608,17 +668,37 @@ async fn resident<T>(
     Ok(converted)
 }
 
-fn rope_tables(head_dim: usize, freq_base: f32, device: &Device) -> Result<(Tensor, Tensor)> {
-    let theta: Vec<f32> = (0..head_dim)
-        .step_by(2)
-        .map(|i| 1f32 / freq_base.powf(i as f32 / head_dim as f32))
-        .collect();
+/// The rotary cos/sin tables for [`MAX_SEQ_LEN`] positions, in `dtype`.
+fn rope_tables(config: &LlamaConfig, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    let theta = config.inv_freq();
     let theta = Tensor::new(theta.as_slice(), device)?;
     let idx_theta = Tensor::arange(0, MAX_SEQ_LEN as u32, device)?
         .to_dtype(DType::F32)?
         .reshape((MAX_SEQ_LEN, 1))?
         .matmul(&theta.reshape((1, theta.elem_count()))?)?;
-    Ok((idx_theta.cos()?, idx_theta.sin()?))
+    Ok((
+        idx_theta.cos()?.to_dtype(dtype)?,
+        idx_theta.sin()?.to_dtype(dtype)?,
+    ))
+}
+
+/// Reads the hyper-parameters of `files`, and says which file Hyperion
+/// opens.
+fn read_config(files: &ModelFiles) -> Result<(PathBuf, LlamaConfig)> {
+    match files {
+        ModelFiles::Gguf(path) => {
+            let header = read_header(path)?;
+            Ok((path.clone(), LlamaConfig::from_gguf(path, &header)?))
+        }
+        ModelFiles::Safetensors { weights, dir } => {
+            let config = dir.join("config.json");
+            let json = std::fs::read_to_string(&config).map_err(|e| Error::Unsupported {
+                path: config.clone(),
+                what: format!("no readable config.json beside the weights: {e}"),
+            })?;
+            Ok((weights.clone(), LlamaConfig::from_hf_json(&config, &json)?))
+        }
+    }
 }
 
 fn repeat_kv(xs: Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
