@@ -30,6 +30,12 @@ pub struct Generation {
     pub prefill_s: f64,
     /// Generated tokens per second, after the prefill (0 for one token).
     pub tokens_per_s: f64,
+    /// Seconds the passes after the prefill took (one per generated token
+    /// but the last).
+    pub decode_s: f64,
+    /// Of `decode_s`, the seconds during which Hyperion had a read in
+    /// flight: the time reading the layers, hidden or not.
+    pub decode_read_s: f64,
     /// The most bytes of layer buffers Hyperion held at once.
     pub peak_memory: u64,
     /// Hyperion's budget (`max_cache_size`).
@@ -64,6 +70,7 @@ pub async fn generate(
     waiting_s += model.last_pass().waiting_s;
     let prefill_s = started.elapsed().as_secs_f64();
     let decoding = Instant::now();
+    let after_prefill = model.model().stats();
     while tokens.len() < request.max_tokens {
         let next = sampler.next(&logits)?;
         tokens.push(next);
@@ -85,6 +92,8 @@ pub async fn generate(
             0.0
         },
         prefill_s,
+        decode_s,
+        decode_read_s: (after.read_busy_nanos - after_prefill.read_busy_nanos) as f64 / 1e9,
         peak_memory: after.peak_memory,
         budget: model.model().config().max_cache_size,
         bytes_read: after.bytes_read - before.bytes_read,
