@@ -426,7 +426,8 @@ impl<L: Locks> Cache<L> {
     /// Evicts one unheld `Ready` entry chosen by the policy, if there is one,
     /// and returns it (drop it outside any lock to free its memory).
     ///
-    /// A fetch may evict any unheld layer; a prefetch never evicts a layer
+    /// A fetch may evict any unheld layer, but a layer prefetched and not
+    /// yet used only when there is no other; a prefetch never evicts a layer
     /// of higher priority than its own, nor one prefetched and not yet used,
     /// and asks the policy for a speculative victim (the adaptive policy
     /// then keeps its protected layers).
@@ -451,23 +452,35 @@ impl<L: Locks> Cache<L> {
         target_priority: f32,
         priority: impl Fn(usize) -> f32,
     ) -> Option<Entry> {
+        let priority = &priority;
         loop {
-            let candidate = |layer: usize| {
-                self.slots
-                    .read(layer, |slot| match slot {
-                        Slot::Ready(e) => {
-                            e.weights.handle_count() == 1
-                                && (origin == Origin::Demand
-                                    || (!e.prefetched_unused.load(Relaxed)
-                                        && priority(layer) <= target_priority))
-                        }
-                        Slot::Loading { .. } => false,
-                    })
-                    .unwrap_or(false)
+            // `read_ahead_too`: whether a layer prefetched and not used yet
+            // may go.
+            let candidate = |read_ahead_too: bool| {
+                move |layer: usize| {
+                    self.slots
+                        .read(layer, |slot| match slot {
+                            Slot::Ready(e) => {
+                                let unused = e.prefetched_unused.load(Relaxed);
+                                e.weights.handle_count() == 1
+                                    && (read_ahead_too || !unused)
+                                    && (origin == Origin::Demand
+                                        || priority(layer) <= target_priority)
+                            }
+                            Slot::Loading { .. } => false,
+                        })
+                        .unwrap_or(false)
+                }
             };
             let victim = match origin {
-                Origin::Demand => policy.victim(candidate, &priority),
-                Origin::Prefetch => policy.speculative_victim(candidate, &priority),
+                // A fetch spares the layers read ahead and not used yet while
+                // it has another victim: a consumer that outruns the disk
+                // would otherwise evict what was read for its next steps,
+                // and read it again (seen in tests/stream.rs).
+                Origin::Demand => policy
+                    .victim(candidate(false), priority)
+                    .or_else(|| policy.victim(candidate(true), priority)),
+                Origin::Prefetch => policy.speculative_victim(candidate(false), priority),
             }?;
             // Re-check under the write lock: a hit may have cloned it since.
             let removed = self.slots.remove_if(
@@ -658,6 +671,34 @@ mod tests {
     }
 
     const KINDS: [PolicyKind; 2] = [PolicyKind::Lru, PolicyKind::Adaptive];
+
+    /// A fetch that needs room evicts a layer already used before one read
+    /// ahead and not used yet, even where the policy would pick the latter
+    /// (here the older of the two, so LRU would): evicting it would make the
+    /// consumer read it again at its next step.
+    #[test]
+    fn a_fetch_spares_layers_read_ahead_and_not_used_yet() {
+        for kind in KINDS {
+            // Moved into the cache: an evictable layer has no other holder.
+            let mut handles = reads(2);
+            let cache = Cache::new(kind, 3, 1);
+            let metas: Vec<LayerMeta> = (0..3).map(|_| LayerMeta::new()).collect();
+            // Layer 1 read ahead first, then layer 0 fetched (and used).
+            let id = start(&cache, 1);
+            cache.publish(1, id, handles.pop().unwrap(), true);
+            let id = start(&cache, 0);
+            cache.publish(0, id, handles.pop().unwrap(), false);
+            // (The handles all come from one layer of the file: which slot
+            // was emptied says which one went.)
+            assert!(cache.evict_one(&metas, Origin::Demand, 0.0).is_some());
+            assert!(!cache.is_ready(0) && cache.is_ready(1), "{kind:?}");
+            check(&cache, 1);
+            // With nothing else left, the read-ahead layer goes too.
+            assert!(cache.evict_one(&metas, Origin::Demand, 0.0).is_some());
+            assert!(!cache.is_ready(1), "{kind:?}");
+            check(&cache, 1);
+        }
+    }
 
     /// A release lands in `publish` between the slot turning `Ready` and the
     /// policy being told: it must not leave the policy tracking a layer that

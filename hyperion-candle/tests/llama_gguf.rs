@@ -8,7 +8,7 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
@@ -34,12 +34,12 @@ fn argmax(logits: &Tensor) -> u32 {
 
 /// Greedy decoding with candle's eager model: the tokens, and the logits of
 /// the last step.
-fn eager(path: &PathBuf) -> (Vec<u32>, Vec<f32>) {
+fn eager(path: &Path, prompt: &[u32]) -> (Vec<u32>, Vec<f32>) {
     let mut file = std::fs::File::open(path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     let mut model = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
     let mut tokens = Vec::new();
-    let input = Tensor::new(&PROMPT[..], &Device::Cpu)
+    let input = Tensor::new(prompt, &Device::Cpu)
         .unwrap()
         .unsqueeze(0)
         .unwrap();
@@ -55,7 +55,7 @@ fn eager(path: &PathBuf) -> (Vec<u32>, Vec<f32>) {
             .unsqueeze(0)
             .unwrap();
         logits = model
-            .forward(&input, PROMPT.len() + step)
+            .forward(&input, prompt.len() + step)
             .unwrap()
             .squeeze(0)
             .unwrap();
@@ -63,21 +63,25 @@ fn eager(path: &PathBuf) -> (Vec<u32>, Vec<f32>) {
     (tokens, logits.to_vec1().unwrap())
 }
 
-async fn streamed(path: &PathBuf, budget: u64) -> (Vec<u32>, Vec<f32>, hyperion::Stats, u64) {
+async fn streamed(
+    path: &Path,
+    budget: u64,
+    prompt: &[u32],
+) -> (Vec<u32>, Vec<f32>, hyperion::Stats, u64) {
     let config = MmapConfig {
         max_cache_size: budget,
         ..MmapConfig::default()
     };
     let mut model = StreamedLlama::open(path, config).await.unwrap();
     let mut tokens = Vec::new();
-    let mut logits = model.forward(&PROMPT, 0).await.unwrap();
+    let mut logits = model.forward(prompt, 0).await.unwrap();
     for step in 0..GENERATED {
         let next = argmax(&logits);
         tokens.push(next);
         if step + 1 == GENERATED {
             break;
         }
-        logits = model.forward(&[next], PROMPT.len() + step).await.unwrap();
+        logits = model.forward(&[next], prompt.len() + step).await.unwrap();
     }
     let stats = model.model().stats();
     let held = model.model().memory_usage();
@@ -87,7 +91,7 @@ async fn streamed(path: &PathBuf, budget: u64) -> (Vec<u32>, Vec<f32>, hyperion:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_llama_generates_what_candles_eager_model_generates() {
     let Some(path) = smollm2() else { return };
-    let (want_tokens, want_logits) = eager(&path);
+    let (want_tokens, want_logits) = eager(&path, &PROMPT);
 
     let index = hyperion::format::read_index(&path).unwrap();
     let size: u64 = index.layers.iter().map(|l| l.size).sum();
@@ -98,7 +102,7 @@ async fn streamed_llama_generates_what_candles_eager_model_generates() {
         .max()
         .unwrap();
     for budget in [2 * size, size / 2, largest] {
-        let (tokens, logits, stats, held) = streamed(&path, budget).await;
+        let (tokens, logits, stats, held) = streamed(&path, budget, &PROMPT).await;
         assert_eq!(tokens, want_tokens, "budget {budget}: greedy tokens differ");
         let worst = logits
             .iter()
@@ -136,7 +140,57 @@ async fn streamed_llama_generates_what_candles_eager_model_generates() {
                 held <= blocks,
                 "Hyperion holds {held} bytes, more than the blocks' {blocks}"
             );
+            if cfg!(target_arch = "x86_64") {
+                // Q4_1 is multiplied in place: the kept blocks hold their layers.
+                assert!(held > 0, "the blocks were copied, not read in place");
+            }
         }
+    }
+}
+
+/// A GGUF the `gguf` package writes (tests/reference/gguf_llama.py): 7
+/// blocks whose matrices mix `Q4_0`, `Q4_1`, `Q5_0`, `Q5_1` (multiplied in
+/// place over the layer buffer), `Q8_0` (copied: candle repacks it) and
+/// `F16`/`F32` (dequantized), in every role; a separate `Q4_0` head. Same
+/// tokens and logits as the eager model at every budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_block_types_generate_what_candles_eager_model_generates() {
+    let Some(python) = common::python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mixed.gguf");
+    let script = common::repo_root().join("hyperion-candle/tests/reference/gguf_llama.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prompt = [1, 17, 42, 99, 7];
+    let (want_tokens, want_logits) = eager(&path, &prompt);
+    let index = hyperion::format::read_index(&path).unwrap();
+    let size: u64 = index.layers.iter().map(|l| l.size).sum();
+    let largest = index
+        .layers
+        .iter()
+        .map(|l| l.footprint(4096))
+        .max()
+        .unwrap();
+    for budget in [2 * size, size / 2, largest] {
+        let (tokens, logits, stats, _) = streamed(&path, budget, &prompt).await;
+        assert_eq!(tokens, want_tokens, "budget {budget}");
+        let worst = logits
+            .iter()
+            .zip(&want_logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= 1e-4, "budget {budget}: logits differ by {worst}");
+        assert!(stats.peak_memory <= budget, "budget {budget}: {stats:?}");
     }
 }
 
