@@ -13,7 +13,8 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 python=$("$root/scripts/python-env.sh")
 exec "$python" -u -c '
-import sys
+import logging, sys
+logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
 from moto.server import ThreadedMotoServer
 server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
 server.start()

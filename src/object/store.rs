@@ -357,7 +357,8 @@ impl Opener for RemoteFiles {
 /// An object read as a file by the parsers: `Read + Seek` over ranged GETs.
 /// The first read fetches [`FIRST_GET`] bytes, which the parsers' small
 /// reads and seeks back to the start then share; a read past what is held
-/// fetches at least what it asks for in one more GET.
+/// fetches, in one more GET, what it asks for and at least four times as
+/// much as was held.
 struct RemoteFile {
     store: Arc<Store>,
     runtime: tokio::runtime::Handle,
@@ -377,7 +378,12 @@ impl Read for RemoteFile {
         }
         let held = self.window_start..self.window_start + self.window.len() as u64;
         if !held.contains(&self.pos) {
-            let want = (buf.len() as u64).max(FIRST_GET);
+            // Four times what was held, at least: a parser that grows its
+            // read (GGUF's metadata has no length up front; SmolLM2's is
+            // 1.8 MB, and the parser reads past it) costs few GETs.
+            let want = (buf.len() as u64)
+                .max(FIRST_GET)
+                .max(4 * self.window.len() as u64);
             let range = self.pos..size.min(self.pos.saturating_add(want));
             let bytes = self
                 .runtime
