@@ -1,7 +1,7 @@
 //! Where a model's files are: on the local filesystem, or in object storage
-//! (`s3://bucket/key`). The format parsers read either through [`Source`],
-//! and open the files a model names (a sharded index's shards) through an
-//! [`Opener`], so they never know which it is.
+//! (`s3://bucket/key`). The format parsers read either through a `Source`
+//! (read + seek), and open the files a model names (a sharded index's
+//! shards) through an `Opener`, so they never know which it is.
 
 use std::fs::File;
 use std::io::{Read, Seek};

@@ -241,3 +241,36 @@ async fn opening_reads_metadata_only_in_few_requests() {
         "an index and two shards: a HEAD and a GET each"
     );
 }
+
+/// A layer is cut into requests from its first byte, not from the 4 KiB
+/// block before it: a 64 KiB tensor at an unaligned offset, read in 64 KiB
+/// requests, is one GET (a block-aligned cut made it two, the second a few
+/// bytes long, and halved the throughput from a loopback server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_of_one_chunk_at_an_unaligned_offset_is_one_request() {
+    let Some(server) = s3::server() else { return };
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let data: Vec<u8> = (0..64 << 10).map(|i| (i % 251) as u8).collect();
+    let file = common::write_safetensors(
+        dir.path(),
+        &[common::St {
+            name: "model.layers.0.w",
+            dtype: "U8",
+            shape: &[64 << 10],
+            data: data.clone(),
+        }],
+    );
+    let bucket = s3::bucket(server).await;
+    let url = s3::upload(server, &bucket, "one.safetensors", &file).await;
+    let proxy = s3::Proxy::start(server).await;
+    let config = MmapConfig {
+        read_chunk_size: 64 << 10,
+        ..s3::config(&proxy.endpoint, 1 << 20)
+    };
+    let model = MappedModel::open(&url, config).await.unwrap();
+    assert_ne!(model.index().layers[0].ranges[0].offset % 4096, 0);
+    proxy.clear();
+    let w = model.layer(0).await.unwrap();
+    assert!(w.bytes() == &data[..]);
+    assert_eq!(proxy.count("GET"), 1);
+}

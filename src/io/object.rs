@@ -3,10 +3,10 @@
 //! body streamed straight into its window of the layer's buffer.
 //!
 //! The layer is laid out in its buffer exactly as the file engines lay it
-//! out ([`aligned::spans`], [`aligned::chunks`]), so its footprint and its
-//! charge are the same whichever engine reads it; only the layer's own
-//! bytes are requested (a chunk's block-aligned margins are never
-//! returned, so they are not fetched). The requests are issued here, one
+//! out ([`aligned::spans`]), so its footprint and its charge are the same
+//! whichever engine reads it; only the layer's own bytes are requested (a
+//! span's block-aligned margins are never returned, so they are not
+//! fetched), in requests cut from each range's first byte. The requests are issued here, one
 //! per chunk, rather than with `object_store`'s `get_ranges`, which merges
 //! neighbouring ranges into one request and would serialise the layer.
 //!
@@ -76,35 +76,34 @@ impl super::ReadBackend for ObjectBackend {
         async move {
             let mut buf = aligned::layer_buffer(&path, layer, buf_len, charge).await?;
             {
-                // One window of the buffer per chunk, disjoint, in buffer
-                // order (as the pread engine cuts them); each request fills
-                // the part of its window that holds the layer's bytes.
+                // The layer's own bytes of each span, cut into requests of
+                // `read_chunk_size` from the first needed byte (not from the
+                // block-aligned span: a block-aligned cut would add a tiny
+                // request for a range's last few bytes, and a request costs
+                // a round trip whatever its size). Each request gets its
+                // disjoint window of the buffer, in buffer order.
                 let mut requests = Vec::new();
                 let mut rest = buf.as_mut_slice();
-                for chunk in aligned::chunks(&spans, chunk_len) {
-                    let (window, tail) = std::mem::take(&mut rest).split_at_mut(chunk.len as usize);
-                    rest = tail;
-                    if chunk.needed.is_empty() {
-                        continue;
+                let mut rest_at = 0usize; // the buffer offset of `rest[0]`
+                for span in &spans {
+                    let start = span.buf_offset + (span.needed_start - span.offset) as usize;
+                    let end = span.buf_offset + (span.needed_end - span.offset) as usize;
+                    let mut at = start;
+                    while at < end {
+                        let len = (end - at).min(chunk_len as usize);
+                        let (_, tail) = std::mem::take(&mut rest).split_at_mut(at - rest_at);
+                        let (dst, tail) = tail.split_at_mut(len);
+                        rest = tail;
+                        rest_at = at + len;
+                        let first = span.needed_start + (at - start) as u64;
+                        let (url, version) = &files[span.file];
+                        let (store, op) = (Arc::clone(&store), format!("read layer {layer}"));
+                        requests.push(async move {
+                            let range = first..first + dst.len() as u64;
+                            store.read_into(url, version, range, dst, &op, layer).await
+                        });
+                        at += len;
                     }
-                    let at = chunk.buf_offset;
-                    let dst = &mut window[chunk.needed.start - at..chunk.needed.end - at];
-                    let start = chunk.offset + (chunk.needed.start - at) as u64;
-                    let (url, version) = &files[chunk.file];
-                    let op = format!("read layer {layer}");
-                    let store = Arc::clone(&store);
-                    requests.push(async move {
-                        store
-                            .read_into(
-                                url,
-                                version,
-                                start..start + dst.len() as u64,
-                                dst,
-                                &op,
-                                layer,
-                            )
-                            .await
-                    });
                 }
                 // `reads_in_flight` requests at a time; the first error ends
                 // the layer (the others are dropped, their windows unread).

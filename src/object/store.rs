@@ -7,7 +7,6 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -44,9 +43,6 @@ pub(crate) struct Store {
     bucket: String,
     /// Bounds the requests in flight (`max_requests_in_flight`).
     requests: Semaphore,
-    /// HEAD and GET requests issued (not counting the client's retries).
-    pub(crate) heads: AtomicU64,
-    pub(crate) gets: AtomicU64,
 }
 
 impl Store {
@@ -101,8 +97,6 @@ impl Store {
             s3,
             bucket,
             requests: Semaphore::new(config.max_requests_in_flight.max(1)),
-            heads: AtomicU64::new(0),
-            gets: AtomicU64::new(0),
         }))
     }
 
@@ -125,7 +119,6 @@ impl Store {
     pub(crate) async fn head(&self, url: &Arc<Path>) -> Result<ObjectVersion> {
         let location = self.location(url)?;
         let _permit = self.permit(url).await?;
-        self.heads.fetch_add(1, Relaxed);
         let meta = self
             .s3
             .head(&location)
@@ -154,8 +147,7 @@ impl Store {
         debug_assert_eq!((range.end - range.start) as usize, dst.len());
         let op = || format!("{op} (bytes {}..{})", range.start, range.end);
         let location = self.location(url)?;
-        let _permit = self.permit(url).await?;
-        self.gets.fetch_add(1, Relaxed);
+        let permit = self.permit(url).await?;
         let options = GetOptions {
             range: Some(GetRange::Bounded(range.clone())),
             if_match: version.etag.clone(),
@@ -164,7 +156,9 @@ impl Store {
         let result = match self.s3.get_opts(&location, options).await {
             Ok(r) => r,
             Err(object_store::Error::Precondition { .. }) => {
-                return Err(self.changed(url, version, layer).await)
+                // The HEAD that names the new ETag takes a permit of its own.
+                drop(permit);
+                return Err(self.changed(url, version, layer).await);
             }
             Err(e) => return Err(object_error(url, &op(), e)),
         };
