@@ -288,14 +288,14 @@ impl Model {
     fn stream(
         &self,
         py: Python<'_>,
-        order: Option<Vec<i64>>,
+        order: Option<Bound<'_, PyAny>>,
         lookahead: Option<usize>,
     ) -> PyResult<LayerStream> {
         let order: Vec<usize> = match order {
             None => (0..self.model.layer_count()).collect(),
             Some(order) => order
-                .into_iter()
-                .map(|i| layer_index(py, &self.model, i))
+                .try_iter()?
+                .map(|i| layer_index(py, &self.model, i?.extract::<i64>()?))
                 .collect::<PyResult<_>>()?,
         };
         let stream = runtime::enter(|| self.model.stream_layers(order, lookahead)).boxed();
