@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,17 @@ def minilm_tmai(minilm, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tmai") / "minilm.tmai"
     subprocess.run([str(hyperion_cli()), "convert", str(minilm), str(out)], check=True, capture_output=True)
     return out
+
+
+def eventually(condition, what: str, seconds: float = 30.0) -> None:
+    """Waits until `condition()` holds, failing with `what` after `seconds`
+    (only a failing test waits that long). For what nothing notifies: the
+    memory of a read still in flight at a release or a close returns when
+    the read lands."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {seconds} s waiting until {what}"
+        time.sleep(0.001)
 
 
 def drop_cache(path: Path) -> None:

@@ -5,12 +5,11 @@ close)."""
 from __future__ import annotations
 
 import gc
-import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import MIB, drop_cache, write_blocks
+from conftest import MIB, drop_cache, eventually, write_blocks
 from safetensors.numpy import load_file as st_numpy_load
 
 import hyperion
@@ -22,13 +21,6 @@ def rss() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
-
-
-def eventually(condition, seconds=30.0):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.001)
 
 
 def test_model_describes_the_file(minilm):
@@ -173,7 +165,7 @@ def test_prefetch_priorities_and_release(blocks_model):
         assert not model.descriptor(5)["cached"]
         # A read still in flight (the prefetch's) is detached by the
         # release: its memory returns when it lands.
-        eventually(lambda: model.memory_usage == 0)
+        eventually(lambda: model.memory_usage == 0, "the prefetch's memory returns")
     with hyperion.open(path, budget=8 * MIB, prefetch_threads=0) as model:
         with pytest.raises(hyperion.PrefetchDisabledError):
             model.prefetch(1)

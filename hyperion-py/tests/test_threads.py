@@ -7,7 +7,7 @@ import random
 import threading
 
 import numpy as np
-from conftest import MIB
+from conftest import MIB, eventually
 
 import hyperion
 
@@ -47,7 +47,9 @@ def test_eight_threads_random_get_and_release(blocks_model):
         assert stats["hits"] + stats["misses"] == 8 * 150
         assert stats["reads"] >= 16 and stats["peak_memory"] <= 12 * MIB
         model.close()
-        assert model.memory_usage == 0
+        # Prefetches still in flight at the close free their memory when
+        # they land.
+        eventually(lambda: model.memory_usage == 0, "memory_usage returns to 0 after close")
 
 
 def test_threads_overlap_their_reads(blocks_model):

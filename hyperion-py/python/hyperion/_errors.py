@@ -91,3 +91,9 @@ __all__ = [
     "PrefetchDisabledError",
     "BackendUnavailableError",
 ]
+
+# Shown as hyperion.BudgetError (where users import them from), not
+# hyperion._errors.BudgetError.
+for _name in __all__:
+    globals()[_name].__module__ = "hyperion"
+del _name
