@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Python package against the Python loaders, in one run, on one
 # generated safetensors file (scripts/peers.py's, the one
-# scripts/bench-peers.sh uses): hyperion.load_file ("np" and "pt"),
+# scripts/bench-peers.sh uses): hyperion.load_file ("np" and "pt"), the
+# Rust CLI's `hyperion load` (the same read without Python),
 # safetensors.numpy / safetensors.torch load_file and Run:ai's
 # SafetensorsStreamer (default concurrency and 16), each cold (page cache
 # dropped with posix_fadvise) and warm, each run in a fresh process,
@@ -59,11 +60,12 @@ fi
 exec 9>&-
 
 . "$root/scripts/target-dir.sh"
+(cd "$root" && cargo build --release --quiet --bin hyperion) >&2
 dir="$target_dir/peers"
 mkdir -p "$dir"
 file="$dir/peers-$size.safetensors"
 "$py" "$root/scripts/peers.py" generate --size "$size" --out "$file" >&2
-args=(run --file "$file" --reps "$reps" --json "$dir/bench-python-$size.json")
+args=(run --file "$file" --reps "$reps" --json "$dir/bench-python-$size.json" --hyperion "$target_dir/release/hyperion")
 [ -n "$loaders" ] && args+=(--loaders "$loaders")
 "$py" "$root/scripts/bench_python.py" "${args[@]}"
 echo "bench-python: the full report is in $dir/bench-python-$size.json" >&2

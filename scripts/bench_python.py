@@ -58,6 +58,7 @@ LOADERS = {
 }
 
 DESCRIPTIONS = {
+    "hyperion_rust": "`hyperion load FILE` (the Rust CLI, same read path, no Python): what the package adds to",
     "hyperion_np": 'hyperion.load_file(path) (framework="np"): io_uring O_DIRECT, arrays over the read buffers',
     "hyperion_pt": 'hyperion.load_file(path, framework="pt"): the same, as torch tensors',
     "st_numpy_load_file": "safetensors.numpy.load_file(path)",
@@ -109,7 +110,7 @@ def cmd_load(args):
         json.dump(result, f)
 
 
-def one_run(loader, file, state, workdir, run_id):
+def one_run(loader, file, state, workdir, run_id, hyperion_bin):
     if state == "cold":
         peers.drop_cache(file)
     else:
@@ -118,13 +119,19 @@ def one_run(loader, file, state, workdir, run_id):
     if loader == "runai_c16":
         env["RUNAI_STREAMER_CONCURRENCY"] = "16"
     result = os.path.join(workdir, f"{run_id}.json")
-    cmd = [sys.executable, os.path.abspath(__file__), "load", loader, file, "--result", result]
+    if loader == "hyperion_rust":
+        cmd = [hyperion_bin, "load", "--json", file]
+    else:
+        cmd = [sys.executable, os.path.abspath(__file__), "load", loader, file, "--result", result]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         raise RuntimeError(f"{loader} ({state}) failed with exit status {p.returncode}:\n{p.stderr[-3000:]}")
-    with open(result) as f:
-        r = json.load(f)
-    r.update({"state": state})
+    if loader == "hyperion_rust":
+        r = json.loads(p.stdout)
+    else:
+        with open(result) as f:
+            r = json.load(f)
+    r.update({"loader": loader, "state": state})
     return r
 
 
@@ -147,7 +154,7 @@ def cmd_run(args):
         k = rep % len(loaders)
         for loader in loaders[k:] + loaders[:k]:
             for state in ("cold", "warm"):
-                r = one_run(loader, args.file, state, workdir, f"{rep}-{loader}-{state}")
+                r = one_run(loader, args.file, state, workdir, f"{rep}-{loader}-{state}", args.hyperion)
                 r["rep"] = rep
                 runs.append(r)
                 print(
@@ -170,6 +177,7 @@ def cmd_run(args):
             "cold_mb_s": peers.summary([r["mb_s"] for r in mine if r["state"] == "cold"]),
             "warm_mb_s": peers.summary([r["mb_s"] for r in mine if r["state"] == "warm"]),
             "peak_rss_bytes_max": max(r["peak_rss_bytes"] for r in mine),
+            "rss_before_bytes_max": max(r["rss_before_bytes"] for r in mine),
             "load_rss_bytes_max": max(r["peak_rss_bytes"] - r["rss_before_bytes"] for r in mine),
         }
 
@@ -219,14 +227,14 @@ def print_table(report):
         f"{report['repetitions']} repetitions, each run a fresh process; MB/s = 10^6 tensor bytes/s, "
         "from the load call to the last byte touched\n"
     )
-    print("| loader | cold MB/s (min / median / max) | warm MB/s (min / median / max) | peak RSS | RSS of the load |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| loader | cold MB/s (min / median / max) | warm MB/s (min / median / max) | peak RSS | before | RSS of the load |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for loader, t in report["loaders"].items():
         c, w = t["cold_mb_s"], t["warm_mb_s"]
         print(
             f"| `{loader}` | {c['min']:.0f} / **{c['median']:.0f}** / {c['max']:.0f} | "
             f"{w['min']:.0f} / **{w['median']:.0f}** / {w['max']:.0f} | {t['peak_rss_bytes_max'] / MIB:.0f} MiB | "
-            f"{t['load_rss_bytes_max'] / MIB:.0f} MiB |"
+            f"{t['rss_before_bytes_max'] / MIB:.0f} MiB | {t['load_rss_bytes_max'] / MIB:.0f} MiB |"
         )
     print("\n| ratio (medians) | cold | warm | target (cold) |")
     print("| --- | --- | --- | --- |")
@@ -241,8 +249,8 @@ def print_table(report):
             f"(target ≤ +64 MiB: {'met' if r['met'] else 'missed'})",
             end="",
         )
-    print("\n\npeak RSS: the process's VmHWM, max over runs (interpreter and imports included; torch's are "
-          "~300 MiB); RSS of the load: peak RSS minus VmRSS just before the load call")
+    print("\n\npeak RSS: the process's VmHWM, max over runs; before: VmRSS just before the load call "
+          "(interpreter and imports: torch's are most of it); RSS of the load: peak RSS minus before, max over runs")
     print("runai_best: the better of runai and runai_c16 (medians)")
     for loader, t in report["loaders"].items():
         print(f"  {loader}: {t['description']}")
@@ -263,6 +271,7 @@ def main():
     run.add_argument("--reps", type=int, default=3)
     run.add_argument("--json", required=True)
     run.add_argument("--loaders")
+    run.add_argument("--hyperion", required=True, help="the hyperion binary, for the hyperion_rust row")
     args = p.parse_args()
     if getattr(args, "reps", 1) <= 0:
         sys.exit("bench-python: --reps must be positive")
