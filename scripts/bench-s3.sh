@@ -41,9 +41,18 @@ done
 cd "$root"
 . scripts/target-dir.sh
 py=$(scripts/python-env.sh)
-echo "bench-s3: building hyperion and the ceiling client (object-store feature)" >&2
-cargo build --release --locked -p hyperion-cli --features object-store >&2
-cargo build --release --locked --features object-store --example s3_ceiling >&2
+# BENCH_S3_BIN_DIR: a directory holding `hyperion` and `s3_ceiling` built
+# already (with the object-store feature); otherwise they are built here.
+if [ -n "${BENCH_S3_BIN_DIR:-}" ]; then
+  hyperion="$BENCH_S3_BIN_DIR/hyperion"
+  ceiling="$BENCH_S3_BIN_DIR/s3_ceiling"
+else
+  echo "bench-s3: building hyperion and the ceiling client (object-store feature)" >&2
+  cargo build --release --locked -p hyperion-cli --features object-store >&2
+  cargo build --release --locked --features object-store --example s3_ceiling >&2
+  hyperion="$target_dir/release/hyperion"
+  ceiling="$target_dir/release/examples/s3_ceiling"
+fi
 
 # Run:ai's streamer, for this bench only: a venv that sees the test venv's
 # packages (torch) through a .pth file.
@@ -101,9 +110,9 @@ export AWS_ENDPOINT_URL="$endpoint" AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KE
 results="$work/results"
 : >"$results"
 for rep in $(seq "$reps"); do
-  c=$("$target_dir/release/examples/s3_ceiling" "$url" "$((4 << 20))")
+  c=$("$ceiling" "$url" "$((4 << 20))")
   echo "ceiling $c" | tee -a "$results" >&2
-  h=$("$target_dir/release/hyperion" load --json --budget "$budget" "$url" | tr -d "\n")
+  h=$("$hyperion" load --json --budget "$budget" "$url" | tr -d "\n")
   echo "hyperion $h" | tee -a "$results" >&2
   if [ "$runai_ok" = 1 ]; then
     # Run:ai's streamer does not retry: a failed chunk fails the whole read.

@@ -232,7 +232,8 @@ async fn load_async(
         mode,
         backend,
         direct_io: !args.buffered,
-        cold: args.cold,
+        // An object is read from the server every time: always cold.
+        cold: args.cold || hyperion::source::is_object_url(path),
         budget,
         file_bytes,
         layers: n,
