@@ -17,13 +17,14 @@ layers='
 0 sys checksum ggml meta policy
 1 dtype
 2 error
-3 config faults index
-4 format pagecache budget
-5 synth buffer stats
-6 io
-7 weights
-8 cache
-9 model
+3 config faults index source
+4 object
+5 format pagecache budget
+6 synth buffer stats
+7 io
+8 weights
+9 cache
+10 model
 '
 
 declare -A rank

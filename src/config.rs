@@ -50,6 +50,12 @@ pub enum Backend {
     /// is [`Error::Truncated`], but one racing a read cannot be caught.
     /// Use it only for files nothing else will shrink (`docs/reliability.md`).
     Mmap,
+    /// Ranged GETs to object storage, for models opened from an `s3://`
+    /// URL (the `object-store` feature; `docs/object-storage.md`): what
+    /// [`Backend::Auto`] reads such a model with, and the only engine that
+    /// can. Each layer is `read_chunk_size` requests, `reads_in_flight` at
+    /// a time, written straight into the layer's buffer.
+    ObjectStore,
 }
 
 impl Backend {
@@ -60,6 +66,7 @@ impl Backend {
             Backend::IoUring => "io_uring",
             Backend::Pread => "pread",
             Backend::Mmap => "mmap",
+            Backend::ObjectStore => "object_store",
         }
     }
 }
@@ -184,6 +191,92 @@ pub struct MmapConfig {
     /// ~3 GB/s, 1 s covers layers up to a few GB (`docs/architecture.md`,
     /// "When every byte is held").
     pub memory_wait_timeout: Duration,
+    /// How models in object storage (`s3://bucket/key`) are reached: the
+    /// endpoint, retries, timeouts and requests in flight. Local files
+    /// ignore it. Credentials and the region come from the standard `AWS_*`
+    /// environment (`docs/object-storage.md`).
+    pub object_store: ObjectStoreConfig,
+}
+
+/// How an `s3://` model is read (the `object-store` feature): what the
+/// standard `AWS_*` environment does not say, or what overrides it.
+///
+/// Always build it with `..ObjectStoreConfig::default()`: fields may be added.
+///
+/// ```
+/// use std::time::Duration;
+/// use hyperion::{MmapConfig, ObjectStoreConfig};
+/// let config = MmapConfig {
+///     object_store: ObjectStoreConfig {
+///         endpoint: Some("http://127.0.0.1:9000".into()),
+///         max_retries: 3,
+///         ..ObjectStoreConfig::default()
+///     },
+///     ..MmapConfig::default()
+/// };
+/// assert_eq!(config.object_store.request_timeout, Duration::from_secs(30));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectStoreConfig {
+    /// The S3 endpoint (`http://127.0.0.1:9000`, `https://s3.example.com`).
+    /// `None`: `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT`), else AWS itself.
+    /// An `http://` endpoint is allowed without `AWS_ALLOW_HTTP`: naming
+    /// one is the permission.
+    pub endpoint: Option<String>,
+    /// Extra `object_store` settings applied after the environment, as
+    /// `(key, value)` pairs of `AmazonS3ConfigKey` names
+    /// (`aws_access_key_id`, `aws_region`, `aws_skip_signature` …); an
+    /// unknown key is [`Error::ObjectStore`] at open.
+    pub options: Vec<(String, String)>,
+    /// How many times a failed request is retried: 5xx and throttling
+    /// answers, refused or dropped connections, a body cut short (resumed
+    /// from the byte where it broke, only if the ETag is unchanged).
+    ///
+    /// Default: 10 (object_store's default).
+    pub max_retries: usize,
+    /// The first retry waits this long; each later one up to twice as long
+    /// (with jitter), never more than [`max_backoff`](Self::max_backoff).
+    ///
+    /// Default: 100 ms.
+    pub retry_backoff: Duration,
+    /// The longest wait between two retries. Default: 15 s.
+    pub max_backoff: Duration,
+    /// No retry starts later than this after a request's first attempt, so
+    /// a failing request ends within about `retry_timeout +
+    /// request_timeout`.
+    ///
+    /// Default: 60 s.
+    pub retry_timeout: Duration,
+    /// The longest one attempt may take, from sending the request to the
+    /// body's last byte; a stalled request is cut and retried.
+    ///
+    /// Default: 30 s: a `read_chunk_size` request of 4 MiB needs only
+    /// ~140 KB/s to finish in time.
+    pub request_timeout: Duration,
+    /// The longest a connection may take to open. Default: 5 s.
+    pub connect_timeout: Duration,
+    /// Requests in flight at once for one model, over all its layers (each
+    /// layer issues up to `reads_in_flight`).
+    ///
+    /// Default: 64: well above `prefetch_threads × reads_in_flight` with
+    /// the defaults (4), so it only bounds many concurrent demand fetches.
+    pub max_requests_in_flight: usize,
+}
+
+impl Default for ObjectStoreConfig {
+    fn default() -> Self {
+        ObjectStoreConfig {
+            endpoint: None,
+            options: Vec::new(),
+            max_retries: 10,
+            retry_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(15),
+            retry_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            max_requests_in_flight: 64,
+        }
+    }
 }
 
 impl Default for MmapConfig {
@@ -200,6 +293,7 @@ impl Default for MmapConfig {
             reads_in_flight: 2,
             verify_checksums: true,
             memory_wait_timeout: Duration::from_secs(1),
+            object_store: ObjectStoreConfig::default(),
         }
     }
 }
@@ -239,6 +333,13 @@ impl MmapConfig {
             return Err(Error::InvalidArgument(
                 "min_layer_cache_size is above 1 TiB".into(),
             ));
+        }
+        let o = &self.object_store;
+        if o.max_requests_in_flight == 0 || o.max_requests_in_flight > MAX_PARALLEL {
+            return Err(Error::InvalidArgument(format!(
+                "object_store.max_requests_in_flight must be between 1 and {MAX_PARALLEL}, not {}",
+                o.max_requests_in_flight
+            )));
         }
         Ok(self.min_layer_cache_size.max(1).next_multiple_of(4096))
     }

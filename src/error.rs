@@ -156,6 +156,40 @@ pub enum Error {
         /// The layer.
         layer: usize,
     },
+    /// A request to object storage (`s3://…`) failed after its retries: the
+    /// object or bucket is missing, the credentials were refused, the
+    /// endpoint could not be reached, or the server kept failing. One line,
+    /// naming the object's URL.
+    #[error("{}: {op} failed: {kind}: {message}", path.display())]
+    ObjectStore {
+        /// The object's URL (`s3://bucket/key`).
+        path: Arc<Path>,
+        /// What was being done (`HEAD`, `read layer 3` …).
+        op: String,
+        /// What kind of failure it was.
+        kind: ObjectErrorKind,
+        /// The client's own message (one line).
+        message: String,
+    },
+    /// The object changed while the model was open: its ETag is not the one
+    /// the model was opened with. No bytes of the new object are returned:
+    /// reopen the model to read it.
+    #[error(
+        "{}: layer {layer}: the object changed since the model was opened (ETag {expected} when \
+         opened, now {found}); reopen the model",
+        path.display()
+    )]
+    ObjectChanged {
+        /// The object's URL.
+        path: Arc<Path>,
+        /// The layer being read.
+        layer: usize,
+        /// The ETag when the model was opened.
+        expected: String,
+        /// The ETag the server has now (`unknown` if it only refused the
+        /// precondition).
+        found: String,
+    },
     /// A tensor's elements were asked for as a type that its dtype cannot be
     /// read as ([`TensorView::to_vec`](crate::TensorView::to_vec),
     /// [`to_f32_vec`](crate::TensorView::to_f32_vec) …).
@@ -174,6 +208,12 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: &Arc<Path>, op: impl Into<String>, source: io::Error) -> Self {
+        // A reader that is not a file (an object read by ranged GETs) fails
+        // with an `Error` of its own inside the `io::Error` the parsers see:
+        // that one says what happened.
+        if let Some(inner) = source.get_ref().and_then(|e| e.downcast_ref::<Error>()) {
+            return inner.clone();
+        }
         Error::Io {
             path: Arc::clone(path),
             op: op.into(),
@@ -186,6 +226,38 @@ impl Error {
             path: Arc::clone(path),
             source,
         }
+    }
+}
+
+/// The kinds of [`Error::ObjectStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ObjectErrorKind {
+    /// No such object, or no such bucket.
+    NotFound,
+    /// The server refused the credentials or the request's permissions.
+    AccessDenied,
+    /// The endpoint could not be reached (connection refused, DNS, timeout).
+    Unreachable,
+    /// The server kept answering with errors (5xx, throttling) until the
+    /// retries ran out.
+    Server,
+    /// The URL or the object-store configuration is not usable.
+    Config,
+    /// Anything else the client reported.
+    Other,
+}
+
+impl std::fmt::Display for ObjectErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ObjectErrorKind::NotFound => "not found",
+            ObjectErrorKind::AccessDenied => "access denied",
+            ObjectErrorKind::Unreachable => "endpoint unreachable",
+            ObjectErrorKind::Server => "server error",
+            ObjectErrorKind::Config => "bad configuration",
+            ObjectErrorKind::Other => "request failed",
+        })
     }
 }
 

@@ -19,16 +19,18 @@ pub mod index;
 mod io;
 mod meta;
 mod model;
+mod object;
 pub mod pagecache;
 pub mod policy;
+pub mod source;
 mod stats;
 pub mod synth;
 mod sys;
 mod weights;
 
-pub use config::{Backend, MmapConfig};
+pub use config::{Backend, MmapConfig, ObjectStoreConfig};
 pub use dtype::{DType, GgmlType};
-pub use error::{Error, FormatError, Result};
+pub use error::{Error, FormatError, ObjectErrorKind, Result};
 pub use index::{FileFormat, FileRange, LayerSpec, ModelIndex, TensorLocation, TensorSpec};
 #[cfg(feature = "test-hooks")]
 pub use model::ReadGate;

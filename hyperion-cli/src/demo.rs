@@ -61,6 +61,8 @@ pub enum BackendArg {
     Pread,
     /// mmap + madvise (zero-copy; SIGBUS if the file is truncated under it).
     Mmap,
+    /// Ranged GETs from object storage (s3:// models; what auto picks for them).
+    ObjectStore,
 }
 
 impl From<BackendArg> for Backend {
@@ -70,6 +72,7 @@ impl From<BackendArg> for Backend {
             BackendArg::IoUring => Backend::IoUring,
             BackendArg::Pread => Backend::Pread,
             BackendArg::Mmap => Backend::Mmap,
+            BackendArg::ObjectStore => Backend::ObjectStore,
         }
     }
 }

@@ -129,6 +129,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             loaded.backend,
             match (loaded.backend, loaded.direct_io) {
                 ("mmap", _) => "mapped",
+                ("object_store", _) => "ranged GETs",
                 (_, true) => "O_DIRECT",
                 (_, false) => "buffered",
             },
@@ -143,10 +144,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// Loads `args.file` as described in the module docs.
 pub fn load(args: &Args) -> anyhow::Result<Loaded> {
     let path = args.file.as_path();
-    let file_bytes = std::fs::metadata(path)
-        .with_context(|| format!("cannot read {}", path.display()))?
-        .len();
-    if args.cold {
+    let remote = hyperion::source::is_object_url(path);
+    // An object's size is not a local stat: its layers' bytes stand in
+    // (measured after the index is read).
+    let file_bytes = if remote {
+        0
+    } else {
+        std::fs::metadata(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .len()
+    };
+    // An object has no local page cache to drop: every read is cold.
+    if args.cold && !remote {
         hyperion::pagecache::drop_cached_pages(path)
             .with_context(|| format!("cannot drop the cached pages of {}", path.display()))?;
     }
@@ -172,6 +181,10 @@ async fn load_async(
     let defaults = MmapConfig::default();
     let start = Instant::now();
     let index = hyperion::format::read_index(path)?;
+    let file_bytes = match file_bytes {
+        0 => index.layers.iter().map(|l| l.size).sum(),
+        n => n,
+    };
     let (mode, budget) = match args.budget {
         Some(b) => ("stream", b),
         None => (
@@ -219,7 +232,8 @@ async fn load_async(
         mode,
         backend,
         direct_io: !args.buffered,
-        cold: args.cold,
+        // An object is read from the server every time: always cold.
+        cold: args.cold || hyperion::source::is_object_url(path),
         budget,
         file_bytes,
         layers: n,

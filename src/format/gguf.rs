@@ -28,7 +28,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
+use std::io::SeekFrom;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -1337,7 +1337,11 @@ pub fn read_metadata(path: impl AsRef<Path>) -> Result<Vec<(String, GgufValue)>>
 /// Reads the index of the GGUF file `file` (of `file_len` bytes): its
 /// tensors, grouped into layers by the block number in their names
 /// (`blk.N.`). Reads no tensor data beyond what the metadata chunks overshoot.
-pub(crate) fn read_index(file: &mut File, path: &Arc<Path>, file_len: u64) -> Result<ModelIndex> {
+pub(crate) fn read_index(
+    file: &mut dyn crate::source::Source,
+    path: &Arc<Path>,
+    file_len: u64,
+) -> Result<ModelIndex> {
     let header = read_from(file, path, file_len)?;
     if header.tensors.is_empty() {
         return Err(Error::format(
@@ -1367,7 +1371,11 @@ pub(crate) fn read_index(file: &mut File, path: &Arc<Path>, file_len: u64) -> Re
 }
 
 /// Reads the file's prefix, growing it until [`parse`] has what it needs.
-fn read_from(file: &mut File, path: &Arc<Path>, file_len: u64) -> Result<GgufHeader> {
+fn read_from(
+    file: &mut dyn crate::source::Source,
+    path: &Arc<Path>,
+    file_len: u64,
+) -> Result<GgufHeader> {
     file.seek(SeekFrom::Start(0))
         .map_err(|e| Error::io(path, "seek to the header", e))?;
     let limit = file_len.min(MAX_METADATA_LEN);

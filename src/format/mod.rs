@@ -6,13 +6,13 @@ pub mod grouping;
 pub mod safetensors;
 pub mod tmai;
 
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, FormatError, Result};
 use crate::index::ModelIndex;
+use crate::source::{is_object_url, LocalFiles, Opener};
 
 /// Reads the metadata of the model at `path` and returns its index. Reads no
 /// layer bytes.
@@ -25,15 +25,22 @@ use crate::index::ModelIndex;
 /// This is blocking; [`MappedModel::open`](crate::MappedModel::open) runs it
 /// off the async runtime.
 pub fn read_index(path: &Path) -> Result<ModelIndex> {
-    if safetensors::is_index_path(path) {
-        return safetensors::read_index_at(path);
+    if is_object_url(path) {
+        return crate::object::with_remote_files(path, read_index_with);
+    }
+    read_index_with(path, &mut LocalFiles)
+}
+
+/// [`read_index`] with the files opened by `opener`.
+pub(crate) fn read_index_with(path: &Path, opener: &mut dyn Opener) -> Result<ModelIndex> {
+    let remote = is_object_url(path);
+    if (!remote && safetensors::is_index_path(path))
+        || (remote && path.extension().is_some_and(|e| e == "json"))
+    {
+        return safetensors::read_index_at(path, opener);
     }
     let shared: Arc<Path> = Arc::from(path);
-    let mut file = File::open(path).map_err(|e| Error::io(&shared, "open", e))?;
-    let file_len = file
-        .metadata()
-        .map_err(|e| Error::io(&shared, "stat", e))?
-        .len();
+    let (mut file, file_len) = opener.open(&shared)?;
     let mut magic = [0u8; 8];
     let n = read_up_to(&mut file, &mut magic).map_err(|e| Error::io(&shared, "read header", e))?;
     if n == tmai::MAGIC.len() && magic == tmai::MAGIC {
@@ -42,7 +49,7 @@ pub fn read_index(path: &Path) -> Result<ModelIndex> {
     if n >= gguf::MAGIC.len() && magic.starts_with(&gguf::MAGIC) {
         return gguf::read_index(&mut file, &shared, file_len);
     }
-    if safetensors::sniff(&file, path, &magic[..n]) {
+    if safetensors::sniff(&mut file, path, &magic[..n]) {
         return safetensors::read_file_index(&mut file, &shared, file_len);
     }
     Err(Error::format(
@@ -54,7 +61,10 @@ pub fn read_index(path: &Path) -> Result<ModelIndex> {
 }
 
 /// Reads until `buf` is full or the file ends; returns the bytes read.
-pub(crate) fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+pub(crate) fn read_up_to(
+    file: &mut (impl Read + ?Sized),
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match file.read(&mut buf[n..]) {

@@ -22,9 +22,7 @@
 //! `docs/formats.md`.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::io::SeekFrom;
 use std::path::{Component, Path};
 use std::sync::Arc;
 
@@ -37,6 +35,7 @@ use super::read_up_to;
 use crate::dtype::DType;
 use crate::error::{Error, FormatError, Result};
 use crate::index::{FileFormat, ModelIndex};
+use crate::source::{is_object_url, Opener, Source};
 
 /// Bytes of the header-length prefix at the start of every file.
 pub const LEN_PREFIX: u64 = 8;
@@ -704,7 +703,7 @@ impl<'de> Visitor<'de> for WeightMapVisitor<'_> {
 /// Whether the file at `path`, whose first bytes are `first`, is to be read
 /// as safetensors: its name ends in `.safetensors`, or its first 8 bytes are
 /// a plausible header length (2 to [`MAX_HEADER_LEN`]) followed by `{`.
-pub(crate) fn sniff(file: &File, path: &Path, first: &[u8]) -> bool {
+pub(crate) fn sniff(file: &mut dyn Source, path: &Path, first: &[u8]) -> bool {
     if path.extension().is_some_and(|e| e == "safetensors") {
         return true;
     }
@@ -713,7 +712,8 @@ pub(crate) fn sniff(file: &File, path: &Path, first: &[u8]) -> bool {
     };
     let mut brace = [0u8; 1];
     (2..=MAX_HEADER_LEN).contains(&u64::from_le_bytes(prefix))
-        && matches!(file.read_at(&mut brace, LEN_PREFIX), Ok(1))
+        && file.seek(SeekFrom::Start(LEN_PREFIX)).is_ok()
+        && matches!(read_up_to(file, &mut brace), Ok(1))
         && brace[0] == b'{'
 }
 
@@ -723,19 +723,21 @@ pub(crate) fn is_index_path(path: &Path) -> bool {
     path.is_dir() || path.extension().is_some_and(|e| e == "json")
 }
 
-/// Reads the index of a model given as a directory or a shard index.
-pub(crate) fn read_index_at(path: &Path) -> Result<ModelIndex> {
-    if path.is_dir() {
-        read_dir_index(path)
+/// Reads the index of a model given as a directory or a shard index (an
+/// object URL is always an index: object storage has no directories), with
+/// its files opened by `opener`.
+pub(crate) fn read_index_at(path: &Path, opener: &mut dyn Opener) -> Result<ModelIndex> {
+    if !is_object_url(path) && path.is_dir() {
+        read_dir_index(path, opener)
     } else {
-        read_sharded_index(path)
+        read_sharded_index(path, opener)
     }
 }
 
 /// Reads the index of the single safetensors file `file` (of `file_len`
 /// bytes): its length prefix, then the JSON header. Reads no tensor bytes.
 pub(crate) fn read_file_index(
-    file: &mut File,
+    file: &mut dyn Source,
     path: &Arc<Path>,
     file_len: u64,
 ) -> Result<ModelIndex> {
@@ -765,7 +767,7 @@ fn file_tensor(t: HeaderTensor, file: usize) -> FileTensor {
 
 /// Reads and parses the header of `file`: 8 bytes, then, once the length
 /// has passed the limit and the file's length, exactly that many.
-fn read_header(file: &mut File, path: &Arc<Path>, file_len: u64) -> Result<ParsedHeader> {
+fn read_header(file: &mut dyn Source, path: &Arc<Path>, file_len: u64) -> Result<ParsedHeader> {
     let fail = |e| Error::format(path, e);
     file.seek(SeekFrom::Start(0))
         .map_err(|e| Error::io(path, "seek to the header", e))?;
@@ -791,11 +793,11 @@ fn read_header(file: &mut File, path: &Arc<Path>, file_len: u64) -> Result<Parse
 
 /// Reads a model given as a directory: its `model.safetensors.index.json`,
 /// else its only `*.safetensors.index.json`, else its only `*.safetensors`.
-fn read_dir_index(dir: &Path) -> Result<ModelIndex> {
+fn read_dir_index(dir: &Path, opener: &mut dyn Opener) -> Result<ModelIndex> {
     let shared: Arc<Path> = Arc::from(dir);
     let hf_index = dir.join(INDEX_FILE_NAME);
     if hf_index.is_file() {
-        return read_sharded_index(&hf_index);
+        return read_sharded_index(&hf_index, opener);
     }
     let mut indexes = Vec::new();
     let mut singles = Vec::new();
@@ -815,14 +817,10 @@ fn read_dir_index(dir: &Path) -> Result<ModelIndex> {
     indexes.sort();
     singles.sort();
     match (indexes.as_slice(), singles.as_slice()) {
-        ([index], _) => read_sharded_index(&dir.join(index)),
+        ([index], _) => read_sharded_index(&dir.join(index), opener),
         ([], [single]) => {
             let path: Arc<Path> = Arc::from(dir.join(single));
-            let mut file = File::open(&path).map_err(|e| Error::io(&path, "open", e))?;
-            let len = file
-                .metadata()
-                .map_err(|e| Error::io(&path, "stat", e))?
-                .len();
+            let (mut file, len) = opener.open(&path)?;
             read_file_index(&mut file, &path, len)
         }
         _ => Err(Error::format(
@@ -838,10 +836,10 @@ fn read_dir_index(dir: &Path) -> Result<ModelIndex> {
 
 /// Reads a sharded model from its index: the index, then each shard's
 /// header, and checks that the index and the shards agree tensor by tensor.
-fn read_sharded_index(index_path: &Path) -> Result<ModelIndex> {
+fn read_sharded_index(index_path: &Path, opener: &mut dyn Opener) -> Result<ModelIndex> {
     let ipath: Arc<Path> = Arc::from(index_path);
     let fail = |e| Error::format(&ipath, e);
-    let bytes = read_bounded(&ipath, MAX_INDEX_LEN)?;
+    let bytes = read_bounded(&ipath, MAX_INDEX_LEN, opener)?;
     let index = parse_shard_index(&bytes).map_err(fail)?;
     let dir = index_path.parent().unwrap_or(Path::new(""));
     let shards = index.shards();
@@ -864,12 +862,8 @@ fn read_sharded_index(index_path: &Path) -> Result<ModelIndex> {
                 reason,
             })
         };
-        let mut file = File::open(&path).map_err(|e| missing(e.to_string()))?;
-        let meta = file.metadata().map_err(|e| missing(e.to_string()))?;
-        if !meta.is_file() {
-            return Err(missing("it is not a regular file".into()));
-        }
-        let header = read_header(&mut file, &path, meta.len())?;
+        let (mut file, len) = opener.open(&path).map_err(|e| missing(reason(e)))?;
+        let header = read_header(&mut file, &path, len)?;
         for t in header.tensors {
             if assigned.get(t.name.as_str()) != Some(&i) {
                 return Err(fail(FormatError::NotInIndex {
@@ -903,12 +897,8 @@ fn read_sharded_index(index_path: &Path) -> Result<ModelIndex> {
 
 /// Reads the whole of a small file, refusing one over `limit` bytes before
 /// allocating for it.
-fn read_bounded(path: &Arc<Path>, limit: u64) -> Result<Vec<u8>> {
-    let mut file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| Error::io(path, "stat", e))?
-        .len();
+fn read_bounded(path: &Arc<Path>, limit: u64, opener: &mut dyn Opener) -> Result<Vec<u8>> {
+    let (mut file, len) = opener.open(path)?;
     if len > limit {
         return Err(Error::format(
             path,
@@ -923,6 +913,15 @@ fn read_bounded(path: &Arc<Path>, limit: u64) -> Result<Vec<u8>> {
     let got = read_up_to(&mut file, &mut buf).map_err(|e| Error::io(path, "read", e))?;
     buf.truncate(got);
     Ok(buf)
+}
+
+/// Why a shard could not be opened: the system's message for a local file,
+/// the whole error (kind and client message) for an object.
+fn reason(e: Error) -> String {
+    match e {
+        Error::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
 }
 
 fn overflow(what: impl Into<String>) -> FormatError {

@@ -222,7 +222,11 @@ pub fn parse_header(bytes: &[u8], file_len: u64) -> Result<ParsedHeader, FormatE
 /// Reads the index of the `.tmai` file `file` (of `file_len` bytes): the
 /// fixed prefix first, then, once its `header_len` has passed the limit and
 /// the file length, exactly `header_len` bytes. Reads no layer bytes.
-pub(crate) fn read_index(file: &mut File, path: &Arc<Path>, file_len: u64) -> Result<ModelIndex> {
+pub(crate) fn read_index(
+    file: &mut dyn crate::source::Source,
+    path: &Arc<Path>,
+    file_len: u64,
+) -> Result<ModelIndex> {
     file.seek(SeekFrom::Start(0))
         .map_err(|e| Error::io(path, "seek to the header", e))?;
     let mut fixed = [0u8; FIXED_HEADER_LEN as usize];

@@ -14,6 +14,8 @@ pub(crate) mod aligned;
 pub(crate) mod auto;
 pub(crate) mod bytes;
 pub(crate) mod mmap;
+#[cfg(feature = "object-store")]
+pub(crate) mod object;
 pub(crate) mod pread;
 pub(crate) mod uring;
 pub(crate) mod verify;
@@ -28,7 +30,7 @@ use crate::budget::Charge;
 use crate::config::{Backend, MmapConfig};
 use crate::error::{Error, Result};
 use crate::faults::FaultPlan;
-use crate::index::LayerSpec;
+use crate::index::{LayerSpec, ModelIndex};
 use bytes::LayerBytes;
 use verify::Verify;
 
@@ -76,6 +78,12 @@ pub(crate) async fn open_backend(
     let pread =
         |faults| pread::PreadBackend::open(files, config, faults, Arc::clone(&page_cache_bytes));
     match config.backend {
+        // Only a model opened from an object URL reads with it
+        // (`open_object_backend`).
+        Backend::ObjectStore => Err(Error::InvalidArgument(
+            "Backend::ObjectStore reads models opened from an object URL (s3://bucket/key), not local files"
+                .into(),
+        )),
         Backend::Mmap => Ok(Arc::new(mmap::MmapBackend::open(files, faults.clone())?)),
         Backend::Pread => Ok(Arc::new(pread(faults)?)),
         Backend::IoUring => Ok(Arc::new(uring().await?)),
@@ -92,6 +100,74 @@ pub(crate) async fn open_backend(
             }
             Err(e) => Err(e),
         },
+    }
+}
+
+/// Opens a model in object storage (`s3://bucket/key`): reads its index
+/// with ranged GETs (one HEAD per object, then the headers) and returns it
+/// with the engine that reads its layers, over the same client and the same
+/// object versions. Must run inside a tokio runtime (the parsers block on it
+/// from a blocking-pool thread).
+#[cfg(feature = "object-store")]
+pub(crate) async fn open_object_model(
+    path: &Arc<Path>,
+    config: &MmapConfig,
+) -> Result<(ModelIndex, Arc<dyn ReadBackend>)> {
+    check_object_backend(path, config)?;
+    let store = crate::object::Store::connect(path, &config.object_store)?;
+    let runtime = tokio::runtime::Handle::current();
+    let (index, files) = {
+        let store = Arc::clone(&store);
+        let url = Arc::clone(path);
+        tokio::task::spawn_blocking(move || {
+            let mut files = crate::object::RemoteFiles::new(store, runtime);
+            let index = crate::format::read_index_with(&url, &mut files)?;
+            Ok::<_, Error>((index, files))
+        })
+        .await
+        .map_err(|_| Error::Aborted {
+            path: Arc::clone(path),
+            layer: 0,
+        })??
+    };
+    let versions = index
+        .files
+        .iter()
+        .map(|p| {
+            let version = files.version_of(p).cloned().ok_or_else(|| {
+                crate::object::config_error(
+                    p,
+                    "open",
+                    "the index names an object that was not opened",
+                )
+            })?;
+            Ok((Arc::clone(p), version))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let backend = object::ObjectBackend::new(store, versions, config);
+    Ok((index, Arc::new(backend)))
+}
+
+/// Without the `object-store` feature: the error that says so.
+#[cfg(not(feature = "object-store"))]
+pub(crate) async fn open_object_model(
+    path: &Arc<Path>,
+    config: &MmapConfig,
+) -> Result<(ModelIndex, Arc<dyn ReadBackend>)> {
+    check_object_backend(path, config)?;
+    Err(crate::object::not_built(path))
+}
+
+/// An object model reads with the object-store engine: `Auto` or
+/// `ObjectStore` may be asked for, no file engine.
+fn check_object_backend(path: &Arc<Path>, config: &MmapConfig) -> Result<()> {
+    match config.backend {
+        Backend::Auto | Backend::ObjectStore => Ok(()),
+        other => Err(Error::InvalidArgument(format!(
+            "{}: a model in object storage is read by Backend::ObjectStore (or Auto), not {}",
+            path.display(),
+            other.name()
+        ))),
     }
 }
 

@@ -20,6 +20,7 @@ use crate::index::ModelIndex;
 use crate::io::ReadBackend;
 use crate::meta::LayerMeta;
 use crate::policy::PolicyKind;
+use crate::source::is_object_url;
 use crate::stats::Counters;
 use crate::sys::clock;
 
@@ -68,20 +69,25 @@ impl Shared {
         let span = tracing::info_span!("open", path = %path.display(), layers = tracing::field::Empty, backend = tracing::field::Empty);
         async move {
             let shared_path: Arc<Path> = Arc::from(path.as_path());
-            let index = tokio::task::spawn_blocking(move || crate::format::read_index(&path))
-                .await
-                .map_err(|_| Error::Aborted {
-                    path: Arc::clone(&shared_path),
-                    layer: 0,
-                })??;
             let counters = Counters::default();
-            let backend = crate::io::open_backend(
-                &index.files,
-                &config,
-                faults,
-                Arc::clone(&counters.page_cache_bytes),
-            )
-            .await?;
+            let (index, backend) = if is_object_url(&path) {
+                crate::io::open_object_model(&shared_path, &config).await?
+            } else {
+                let index = tokio::task::spawn_blocking(move || crate::format::read_index(&path))
+                    .await
+                    .map_err(|_| Error::Aborted {
+                        path: Arc::clone(&shared_path),
+                        layer: 0,
+                    })??;
+                let backend = crate::io::open_backend(
+                    &index.files,
+                    &config,
+                    faults,
+                    Arc::clone(&counters.page_cache_bytes),
+                )
+                .await?;
+                (index, backend)
+            };
             let backend_kind = backend.kind();
             let span = tracing::Span::current();
             span.record("layers", index.layers.len());
