@@ -27,7 +27,6 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
-use std::fs::File;
 use std::io::SeekFrom;
 use std::path::Path;
 use std::sync::Arc;
@@ -1270,7 +1269,8 @@ fn overflow(what: impl Into<String>) -> FormatError {
 // ---------------------------------------------------------------------------
 
 /// Reads and checks everything before the tensor data of the GGUF file at
-/// `path`. Reads the file's prefix in growing chunks (64 KiB first, at most
+/// `path` (a local file, or an `s3://` object with the `object-store`
+/// feature). Reads the file's prefix in growing chunks (64 KiB first, at most
 /// [`MAX_METADATA_LEN`] in all) until the tensor infos end; reads no tensor
 /// data beyond what those chunks overshoot.
 ///
@@ -1315,13 +1315,11 @@ fn overflow(what: impl Into<String>) -> FormatError {
 /// # Ok(()) }
 /// ```
 pub fn read_header(path: impl AsRef<Path>) -> Result<GgufHeader> {
-    let path: Arc<Path> = Arc::from(path.as_ref());
-    let mut file = File::open(&path).map_err(|e| Error::io(&path, "open", e))?;
-    let file_len = file
-        .metadata()
-        .map_err(|e| Error::io(&path, "stat", e))?
-        .len();
-    read_from(&mut file, &path, file_len)
+    crate::source::with_files(path.as_ref(), |path, opener| {
+        let path: Arc<Path> = Arc::from(path);
+        let (mut file, file_len) = opener.open(&path)?;
+        read_from(&mut file, &path, file_len)
+    })
 }
 
 /// The metadata of the GGUF file at `path`: every key and value, in file

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, FormatError, Result};
 use crate::index::ModelIndex;
-use crate::source::{is_object_url, LocalFiles, Opener};
+use crate::source::{is_object_url, Opener};
 
 /// Reads the metadata of the model at `path` and returns its index. Reads no
 /// layer bytes.
@@ -25,10 +25,7 @@ use crate::source::{is_object_url, LocalFiles, Opener};
 /// This is blocking; [`MappedModel::open`](crate::MappedModel::open) runs it
 /// off the async runtime.
 pub fn read_index(path: &Path) -> Result<ModelIndex> {
-    if is_object_url(path) {
-        return crate::object::with_remote_files(path, read_index_with);
-    }
-    read_index_with(path, &mut LocalFiles)
+    crate::source::with_files(path, read_index_with)
 }
 
 /// [`read_index`] with the files opened by `opener`.

@@ -32,7 +32,6 @@ mod block;
 mod config;
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -40,10 +39,12 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use futures::StreamExt;
 use hyperion::format::gguf::read_header;
+use hyperion::source::{file_exists, is_object_url, read_prefix, read_small_file};
 use hyperion::{MappedModel, MmapConfig};
 
 use crate::convert;
 use crate::error::{Error, Result};
+use crate::tokenizer::MAX_JSON_LEN;
 use block::{Block, Flavor, RmsNorm};
 pub use config::{LlamaConfig, RopeScaling};
 
@@ -152,35 +153,41 @@ impl ModelFiles {
     /// Finds a model's files from `path`: a GGUF file (by its magic), a
     /// safetensors file or `model.safetensors.index.json`, or a directory
     /// holding `model.safetensors.index.json` or `model.safetensors`.
+    /// `path` may be an `s3://bucket/key` URL (with Hyperion's
+    /// `object-store` feature), where a URL ending in `/` is the directory.
     ///
     /// # Errors
-    /// [`Error::Unsupported`] naming what is missing.
+    /// [`Error::Unsupported`] naming what is missing; Hyperion's errors
+    /// (naming the URL) when an object cannot be asked for.
     pub fn locate(path: &Path) -> Result<Self> {
         let unsupported = |what: String| Error::Unsupported {
             path: path.to_path_buf(),
             what,
         };
-        if path.is_dir() {
-            let weights = ["model.safetensors.index.json", "model.safetensors"]
-                .iter()
-                .map(|name| path.join(name))
-                .find(|p| p.is_file())
-                .ok_or_else(|| {
-                    unsupported(
-                        "no model.safetensors.index.json or model.safetensors in the directory"
-                            .into(),
-                    )
-                })?;
-            return Ok(ModelFiles::Safetensors {
-                weights,
-                dir: path.to_path_buf(),
-            });
+        let is_dir = if is_object_url(path) {
+            path.to_str().is_some_and(|p| p.ends_with('/'))
+        } else {
+            path.is_dir()
+        };
+        if is_dir {
+            for name in ["model.safetensors.index.json", "model.safetensors"] {
+                let weights = path.join(name);
+                if file_exists(&weights)? {
+                    return Ok(ModelFiles::Safetensors {
+                        weights,
+                        dir: path.to_path_buf(),
+                    });
+                }
+            }
+            return Err(unsupported(
+                "no model.safetensors.index.json or model.safetensors in the directory".into(),
+            ));
         }
-        let mut magic = [0u8; 4];
-        std::fs::File::open(path)
-            .and_then(|mut f| f.read_exact(&mut magic))
-            .map_err(|e| unsupported(format!("cannot read: {e}")))?;
-        if &magic == b"GGUF" {
+        let magic = read_prefix(path, 4).map_err(|e| match e {
+            hyperion::Error::Io { source, .. } => unsupported(format!("cannot read: {source}")),
+            other => other.into(),
+        })?;
+        if magic == b"GGUF" {
             return Ok(ModelFiles::Gguf(path.to_path_buf()));
         }
         let dir = match path.parent() {
@@ -692,10 +699,13 @@ fn read_config(files: &ModelFiles) -> Result<(PathBuf, LlamaConfig)> {
         }
         ModelFiles::Safetensors { weights, dir } => {
             let config = dir.join("config.json");
-            let json = std::fs::read_to_string(&config).map_err(|e| Error::Unsupported {
-                path: config.clone(),
-                what: format!("no readable config.json beside the weights: {e}"),
-            })?;
+            let json = read_small_file(&config, MAX_JSON_LEN)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| String::from_utf8(bytes).map_err(|_| "not UTF-8".into()))
+                .map_err(|why| Error::Unsupported {
+                    path: config.clone(),
+                    what: format!("no readable config.json beside the weights: {why}"),
+                })?;
             Ok((weights.clone(), LlamaConfig::from_hf_json(&config, &json)?))
         }
     }
