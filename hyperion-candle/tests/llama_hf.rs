@@ -12,6 +12,7 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,20 +37,10 @@ const TRANSFORMERS_TOLERANCE: f32 = 1e-3;
 /// A checkpoint written by tests/reference/hf_llama.py with `args`, in a
 /// temp dir, or `None` (skipped, outside CI) without the Python environment.
 fn checkpoint(args: &[&str]) -> Option<tempfile::TempDir> {
-    let python = common::python()?;
     let dir = tempfile::tempdir().unwrap();
-    let script = common::repo_root().join("hyperion-candle/tests/reference/hf_llama.py");
-    let out = std::process::Command::new(python)
-        .arg(script)
-        .arg(dir.path())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "hf_llama.py {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut all = vec![dir.path().as_os_str()];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    support::run_reference("hf_llama.py", &all)?;
     Some(dir)
 }
 
@@ -88,27 +79,6 @@ fn reference(dir: &Path) -> Reference {
             })
             .collect(),
     }
-}
-
-fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
-fn worst_difference(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .flat_map(|(x, y)| {
-            assert_eq!(x.len(), y.len());
-            x.iter().zip(y).map(|(p, q)| (p - q).abs())
-        })
-        .fold(0f32, f32::max)
 }
 
 /// The safetensors files of a checkpoint (one, or the shards).
@@ -165,63 +135,7 @@ fn eager(dir: &Path, dtype: DType, prompt: &[u32]) -> (Vec<u32>, Vec<Vec<f32>>) 
         let logits = model.forward(&input, pos, cache).unwrap();
         logits.squeeze(0).unwrap().to_vec1().unwrap()
     };
-    let mut logits = forward(&mut cache, prompt, 0);
-    let (mut tokens, mut all) = (Vec::new(), Vec::new());
-    for step in 0..GENERATED {
-        let next = argmax(&logits);
-        tokens.push(next);
-        all.push(logits);
-        if step + 1 == GENERATED {
-            break;
-        }
-        logits = forward(&mut cache, &[next], prompt.len() + step);
-    }
-    (tokens, all)
-}
-
-/// Greedy decoding with the streamed model.
-async fn streamed(
-    path: &Path,
-    budget: u64,
-    prompt: &[u32],
-) -> (Vec<u32>, Vec<Vec<f32>>, hyperion::Stats) {
-    let config = MmapConfig {
-        max_cache_size: budget,
-        ..MmapConfig::default()
-    };
-    let mut model = StreamedLlama::open(path, config).await.unwrap();
-    let mut logits: Vec<f32> = model.forward(prompt, 0).await.unwrap().to_vec1().unwrap();
-    let (mut tokens, mut all) = (Vec::new(), Vec::new());
-    for step in 0..GENERATED {
-        let next = argmax(&logits);
-        tokens.push(next);
-        all.push(logits);
-        if step + 1 == GENERATED {
-            break;
-        }
-        logits = model
-            .forward(&[next], prompt.len() + step)
-            .await
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-    }
-    (tokens, all, model.model().stats())
-}
-
-/// The budgets the streamed model must be exact at: above the model's
-/// size, half of it, and the largest layer (in these small models, the
-/// embedding or the head).
-fn budgets(weights: &Path) -> (u64, [u64; 3]) {
-    let index = hyperion::format::read_index(weights).unwrap();
-    let size: u64 = index.layers.iter().map(|l| l.size).sum();
-    let largest = index
-        .layers
-        .iter()
-        .map(|l| l.footprint(4096))
-        .max()
-        .unwrap();
-    (size, [2 * size, size / 2, largest])
+    support::greedy(prompt, GENERATED, |ids, pos| forward(&mut cache, ids, pos))
 }
 
 /// The streamed model, at every budget, against candle's eager model.
@@ -231,11 +145,16 @@ async fn same_as_candle(path: &Path, dir: &Path, dtype: DType, prompt: &[u32]) {
         hyperion_candle::llama::ModelFiles::Safetensors { weights, .. } => weights,
         other => panic!("not safetensors: {other:?}"),
     };
-    let (size, budgets) = budgets(&weights);
+    let (size, budgets) = support::budgets(&weights);
     for budget in budgets {
-        let (tokens, logits, stats) = streamed(path, budget, prompt).await;
+        let support::Streamed {
+            tokens,
+            logits,
+            stats,
+            ..
+        } = support::streamed(path, budget, prompt, GENERATED).await;
         assert_eq!(tokens, want_tokens, "budget {budget}: greedy tokens differ");
-        let worst = worst_difference(&logits, &want_logits);
+        let worst = support::worst_difference(&logits, &want_logits);
         assert!(worst <= 1e-4, "budget {budget}: logits differ by {worst}");
         assert!(stats.peak_memory <= budget, "budget {budget}: {stats:?}");
         if budget < size {
@@ -258,12 +177,12 @@ async fn f32_sharded_checkpoint_generates_what_candle_and_transformers_generate(
     // The directory, as a user passes it: the index is found in it.
     same_as_candle(dir, dir, DType::F32, &want.prompt).await;
 
-    let (tokens, logits, _) = streamed(dir, u64::MAX / 4, &want.prompt).await;
+    let run = support::streamed(dir, u64::MAX / 4, &want.prompt, GENERATED).await;
     assert_eq!(
-        tokens, want.tokens,
+        run.tokens, want.tokens,
         "greedy tokens differ from transformers'"
     );
-    let worst = worst_difference(&logits, &want.logits);
+    let worst = support::worst_difference(&run.logits, &want.logits);
     println!("largest logit difference from transformers: {worst:e}");
     assert!(
         worst <= TRANSFORMERS_TOLERANCE,
@@ -302,9 +221,9 @@ async fn llama3_rope_scaling_generates_what_transformers_generates() {
     assert_eq!(config.rope_freq_base, 500_000.0);
     let want = reference(dir);
     same_as_candle(dir, dir, DType::F32, &want.prompt).await;
-    let (tokens, logits, _) = streamed(dir, u64::MAX / 4, &want.prompt).await;
-    assert_eq!(tokens, want.tokens);
-    let worst = worst_difference(&logits, &want.logits);
+    let run = support::streamed(dir, u64::MAX / 4, &want.prompt, GENERATED).await;
+    assert_eq!(run.tokens, want.tokens);
+    let worst = support::worst_difference(&run.logits, &want.logits);
     assert!(worst <= TRANSFORMERS_TOLERANCE, "{worst}");
 }
 

@@ -7,6 +7,7 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::path::PathBuf;
 
@@ -52,15 +53,8 @@ fn bert_through_hyperion_matches_candles_own_loader() {
             .unwrap();
     let expected = embed(&BertModel::load(reference, &config).unwrap());
 
-    let index = hyperion::format::read_index(&weights).unwrap();
-    let total: u64 = index.layers.iter().map(|l| l.size).sum();
-    let largest = index
-        .layers
-        .iter()
-        .map(|l| l.footprint(4096))
-        .max()
-        .unwrap();
-    for budget in [2 * total, largest] {
+    let (total, [above, _, largest]) = support::budgets(&weights);
+    for budget in [above, largest] {
         let backend = HyperionBackend::open(
             &weights,
             MmapConfig {

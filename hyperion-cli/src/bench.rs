@@ -299,6 +299,8 @@ fn bench(args: Args) -> anyhow::Result<()> {
     let warm_ratio = ratio(warm, memcpy);
     let noverify_ratio = ratio(report.median_of("stream_cold_io_uring_noverify"), ceiling);
     let fresh_ratio = ratio(report.median_of("stream_cold_io_uring_fresh"), ceiling);
+    let deep_ratio = ratio(report.median_of("stream_cold_deep"), ceiling);
+    let first_pass_ratio = ratio(report.median_of("prefetch_ahead"), ceiling);
     let warm_default_ratio = ratio(report.median_of("stream_warm_default"), memcpy);
 
     if args.json {
@@ -323,11 +325,14 @@ fn bench(args: Args) -> anyhow::Result<()> {
                 "cold_stream_over_ceiling": cold_ratio,
                 "cold_stream_noverify_over_ceiling": noverify_ratio,
                 "cold_stream_fresh_over_ceiling": fresh_ratio,
+                "cold_stream_deep_over_ceiling": deep_ratio,
+                "first_pass_default_lookahead_over_ceiling": first_pass_ratio,
                 "warm_over_memcpy": warm_ratio,
                 "warm_default_config_over_memcpy": warm_default_ratio,
                 "per_round": {
                     "cold_stream_over_ceiling": report.round_ratios("stream_cold_io_uring", "ceiling_direct"),
                     "cold_stream_noverify_over_ceiling": report.round_ratios("stream_cold_io_uring_noverify", "ceiling_direct"),
+                    "cold_stream_deep_over_ceiling": report.round_ratios("stream_cold_deep", "ceiling_direct"),
                     "warm_over_memcpy": report.round_ratios("stream_warm", "memcpy"),
                     "warm_default_config_over_memcpy": report.round_ratios("stream_warm_default", "memcpy"),
                 },
@@ -381,6 +386,11 @@ fn bench(args: Args) -> anyhow::Result<()> {
         );
         println!(
             "  the same without checksums: {noverify_ratio:.2}; a new model per pass (fresh memory): {fresh_ratio:.2}"
+        );
+        println!(
+            "  reading ahead as far as the budget holds: {deep_ratio:.2} (target ≥ 0.90; round by round {}); \
+             a new model's first pass, default lookahead (prefetch_ahead): {first_pass_ratio:.2} (target ≥ 0.75)",
+            rounds("stream_cold_deep", "ceiling_direct")
         );
         println!(
             "ratio warm stream / memcpy:                    {warm_ratio:.2} (target ≥ 0.80: {}; round by round {})",
@@ -447,24 +457,32 @@ fn measure(
         (
             "stream_cold_io_uring",
             true,
+            Ahead::PrefetchThreads,
             "io_uring, O_DIRECT, default config (checksums on), lookahead = prefetch_threads; one open model, pool full, cache dropped before each pass",
         ),
         (
             "stream_cold_io_uring_noverify",
             false,
+            Ahead::PrefetchThreads,
             "the same with verify_checksums: false (the work the ceiling reader does)",
+        ),
+        (
+            "stream_cold_deep",
+            true,
+            Ahead::Deep,
+            "the first row reading ahead as many layers as the budget holds beside the one in use (deep read-ahead, steady state)",
         ),
     ];
     let mut streams = OpenStreams::open(
         rt,
         path,
         &sequential,
-        open_cold.map(|(name, verify, notes)| {
+        open_cold.map(|(name, verify, ahead, notes)| {
             let config = MmapConfig {
                 verify_checksums: verify,
                 ..plan.config(Backend::IoUring, true)
             };
-            (name, config, notes)
+            (name, config, ahead, notes)
         }),
     )?;
     let mut buf = huge_buffer(DIRECT_CHUNK)?;
@@ -521,8 +539,14 @@ fn measure(
         rt,
         path,
         &sequential,
-        warm_streams
-            .map(|(name, backend, direct, notes)| (name, plan.config(backend, direct), notes)),
+        warm_streams.map(|(name, backend, direct, notes)| {
+            (
+                name,
+                plan.config(backend, direct),
+                Ahead::PrefetchThreads,
+                notes,
+            )
+        }),
     )?;
     {
         let src = vec![0x5au8; MEMCPY_BYTES];
@@ -744,8 +768,36 @@ enum Pages {
 /// Rows measured on open models, one timed pass each per round, in the
 /// same rounds as the figure they are compared with (see `measure`).
 struct OpenStreams<'a> {
-    rows: Vec<(Measurement, MappedModel)>,
+    rows: Vec<(Measurement, MappedModel, usize)>,
     order: &'a [usize],
+}
+
+/// How far a row's passes read ahead through `stream_layers`.
+#[derive(Clone, Copy)]
+enum Ahead {
+    /// `prefetch_threads` layers: as many as can be read at once.
+    PrefetchThreads,
+    /// As many as the budget holds beside the layer being used: a user who
+    /// prefetches as far as the budget allows (issue 16's "deep" probe).
+    Deep,
+}
+
+impl Ahead {
+    fn layers(self, model: &MappedModel) -> usize {
+        match self {
+            Ahead::PrefetchThreads => model.config().prefetch_threads,
+            Ahead::Deep => {
+                let largest = (0..model.layer_count())
+                    .filter_map(|i| model.footprint(i).ok())
+                    .max()
+                    .unwrap_or(1)
+                    .max(1);
+                ((model.config().max_cache_size / largest) as usize)
+                    .saturating_sub(1)
+                    .max(1)
+            }
+        }
+    }
 }
 
 impl<'a> OpenStreams<'a> {
@@ -759,17 +811,19 @@ impl<'a> OpenStreams<'a> {
         rt: &tokio::runtime::Runtime,
         path: &Path,
         order: &'a [usize],
-        rows: impl IntoIterator<Item = (&'static str, MmapConfig, &'static str)>,
+        rows: impl IntoIterator<Item = (&'static str, MmapConfig, Ahead, &'static str)>,
     ) -> anyhow::Result<Self> {
         let mut opened = Vec::new();
-        for (name, config, notes) in rows {
-            let lookahead = Some(config.prefetch_threads);
-            let model = rt.block_on(async {
+        for (name, config, ahead, notes) in rows {
+            let (model, lookahead) = rt.block_on(async {
                 let model = MappedModel::open(path, config).await?;
-                stream_bytes(&model, order.to_vec(), lookahead).await?;
-                anyhow::Ok(model)
+                let lookahead = ahead.layers(&model);
+                stream_bytes(&model, order.to_vec(), Some(lookahead)).await?;
+                anyhow::Ok((model, lookahead))
             })?;
-            opened.push((Measurement::new(name, notes), model));
+            let mut m = Measurement::new(name, notes);
+            m.extra.insert("lookahead".into(), json!(lookahead));
+            opened.push((m, model, lookahead));
         }
         Ok(OpenStreams {
             rows: opened,
@@ -786,8 +840,8 @@ impl<'a> OpenStreams<'a> {
         pages: Pages,
         report: &mut Report,
     ) -> anyhow::Result<()> {
-        for (m, model) in &mut self.rows {
-            let v = rt.block_on(timed_pass(model, path, self.order, pages))?;
+        for (m, model, lookahead) in &mut self.rows {
+            let v = rt.block_on(timed_pass(model, path, self.order, *lookahead, pages))?;
             if pages == Pages::Dropped {
                 report.check_cold(m.name, v);
             }
@@ -798,7 +852,7 @@ impl<'a> OpenStreams<'a> {
 
     /// Records each row's engine, closes its model and reports the row.
     fn finish(self, report: &mut Report) {
-        for (mut m, model) in self.rows {
+        for (mut m, model, _) in self.rows {
             m.extra
                 .insert("backend".into(), json!(model.backend().name()));
             model.close();
@@ -807,14 +861,15 @@ impl<'a> OpenStreams<'a> {
     }
 }
 
-/// One timed pass over `order` on an open model, lookahead
-/// `prefetch_threads`, after releasing every layer (so each is read again,
-/// into a pooled buffer) and, with `Pages::Dropped`, dropping the file's
-/// pages; MB/s.
+/// One timed pass over `order` on an open model, reading `lookahead`
+/// layers ahead, after releasing every layer (so each is read again, into a
+/// pooled buffer) and, with `Pages::Dropped`, dropping the file's pages;
+/// MB/s.
 async fn timed_pass(
     model: &MappedModel,
     path: &Path,
     order: &[usize],
+    lookahead: usize,
     pages: Pages,
 ) -> anyhow::Result<f64> {
     for i in 0..model.layer_count() {
@@ -823,9 +878,8 @@ async fn timed_pass(
     if pages == Pages::Dropped {
         drop_cache(path)?;
     }
-    let lookahead = Some(model.config().prefetch_threads);
     let start = Instant::now();
-    let bytes = stream_bytes(model, order.to_vec(), lookahead).await?;
+    let bytes = stream_bytes(model, order.to_vec(), Some(lookahead)).await?;
     Ok(mb_s(bytes, start.elapsed()))
 }
 

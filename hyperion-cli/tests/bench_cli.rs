@@ -62,6 +62,7 @@ fn bench_quick_json_reports_every_figure() {
         "memcpy",
         "stream_cold_io_uring",
         "stream_cold_io_uring_noverify",
+        "stream_cold_deep",
         "stream_cold_io_uring_fresh",
         "stream_cold_io_uring_buffered",
         "stream_cold_pread",
@@ -99,6 +100,8 @@ fn bench_quick_json_reports_every_figure() {
         "cold_stream_over_ceiling",
         "cold_stream_noverify_over_ceiling",
         "cold_stream_fresh_over_ceiling",
+        "cold_stream_deep_over_ceiling",
+        "first_pass_default_lookahead_over_ceiling",
         "warm_over_memcpy",
         "warm_default_config_over_memcpy",
     ] {
@@ -111,6 +114,10 @@ fn bench_quick_json_reports_every_figure() {
         assert_eq!(rounds.len(), 2, "{ratio}");
         assert!(rounds.iter().all(|r| r.as_f64().unwrap() > 0.0), "{ratio}");
     }
+    // The deep row reads ahead as far as the budget (16 MiB of 4 MiB
+    // layers) holds beside the layer in use; the others prefetch_threads.
+    assert_eq!(v["measurements"]["stream_cold_deep"]["lookahead"], 3);
+    assert_eq!(v["measurements"]["stream_cold_io_uring"]["lookahead"], 2);
     // Peak RSS streaming a model 8× the budget, with the check's result.
     let rss = &v["rss"]["stream_8x_budget"];
     let budget = rss["budget"].as_u64().unwrap();

@@ -156,6 +156,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "budget": report.budget,
             "bytes_read": report.bytes_read,
             "io_hidden": report.io_hidden,
+            "decode_s": report.decode_s,
+            "decode_read_s": report.decode_read_s,
+            "stats": model.model().stats(),
         });
         println!("{out}");
     } else {

@@ -3,7 +3,10 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+#[path = "../../hyperion-candle/tests/support/mod.rs"]
+mod support;
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -84,22 +87,14 @@ fn token_ids_in_text_out() {
 /// chose.
 #[test]
 fn safetensors_directory_with_tokenizer_json() {
-    let Some(python) = common::python() else {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--shard-size", "300KB", "--tokens", "6"].map(OsStr::new);
+    let Some(()) = support::run_reference(
+        "hf_llama.py",
+        &[&[dir.path().as_os_str()], &args[..]].concat(),
+    ) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let script = common::repo_root().join("hyperion-candle/tests/reference/hf_llama.py");
-    let made = Command::new(python)
-        .arg(script)
-        .arg(dir.path())
-        .args(["--shard-size", "300KB", "--tokens", "6"])
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
     let reference: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("reference.json")).unwrap()).unwrap();
     let out = generate(&[
