@@ -15,11 +15,18 @@
 //! mapping **stays charged**: the limit bounds live buffers *plus* idle ones,
 //! so the pool can never push the process past `max_cache_size`.
 //!
-//! - A reservation of `n` bytes first takes over an idle mapping whose
-//!   charge is exactly `n` (the charge moves with it; nothing is added).
-//!   Exact matching keeps the accounting exact and is what layers of one
-//!   model need: they come in a handful of sizes, and equal charges mean
-//!   equal buffer lengths (see [`AlignedBuf::charged`](crate::buffer::AlignedBuf::charged)).
+//! - A reservation of `n` bytes first takes over the smallest idle mapping
+//!   whose charge is at least `n` and at most `n` + [`REUSE_SLACK`]ths of
+//!   `n` (the charge moves with it; nothing is added, and the reservation is
+//!   charged that mapping's bytes, never less than it holds). Layers of
+//!   one model come in a handful of sizes, but "one size" is often two: the
+//!   blocks of a GGUF or safetensors file start at different offsets within
+//!   a page, so their page-aligned extents alternate by a page or two. An
+//!   exact match then missed about one read in four in a streamed Llama
+//!   (SmolLM2's 2,220,032- and 2,224,128-byte blocks), and every miss
+//!   unmapped an idle mapping and faulted a fresh one in. A mapping at
+//!   least `n` long serves `n` (see
+//!   [`AlignedBuf::charged`](crate::buffer::AlignedBuf::charged)).
 //! - Otherwise it charges `n` fresh bytes if they fit.
 //! - If they do not, it **reclaims** idle mappings (the largest first, each
 //!   unmapped before its bytes are uncharged) until they fit or the pool is
@@ -39,6 +46,11 @@ use crate::sys::memory::Mapping;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+
+/// A reservation of `n` bytes may take over an idle mapping of up to
+/// `n + n / REUSE_SLACK` bytes (6%): enough for extents that differ by a
+/// few pages, too little to waste much budget on a mapping far larger.
+pub(crate) const REUSE_SLACK: u64 = 16;
 
 /// How often a fetch waiting for memory looks again even without a wake-up.
 pub(crate) const RECHECK: Duration = Duration::from_millis(10);
@@ -87,16 +99,19 @@ impl State {
         Some((bytes, map))
     }
 
-    /// Removes an idle mapping charged exactly `bytes`.
-    fn take_exact(&mut self, bytes: u64) -> Option<Mapping> {
-        let maps = self.pool.get_mut(&bytes)?;
-        let map = maps.pop();
-        if maps.is_empty() {
-            self.pool.remove(&bytes);
+    /// Removes the smallest idle mapping that serves `bytes` (charged
+    /// `bytes` to `bytes + bytes / REUSE_SLACK`), with its charge.
+    fn take_fitting(&mut self, bytes: u64) -> Option<(u64, Mapping)> {
+        let most = bytes.saturating_add(bytes / REUSE_SLACK);
+        let entry = self.pool.range_mut(bytes..=most).next()?;
+        let charge = *entry.0;
+        let map = entry.1.pop();
+        if entry.1.is_empty() {
+            self.pool.remove(&charge);
         }
         let map = map?;
-        self.idle -= bytes;
-        Some(map)
+        self.idle -= charge;
+        Some((charge, map))
     }
 }
 
@@ -150,8 +165,10 @@ impl Budget {
         }
     }
 
-    /// Reserves `bytes`: takes over an idle mapping charged exactly `bytes`
-    /// if the pool has one, else charges them if they fit under the limit,
+    /// Reserves `bytes`: takes over an idle mapping that serves them (charged
+    /// `bytes` to `bytes + bytes / REUSE_SLACK`; the reservation is then
+    /// charged that much) if the pool has one, else charges them if they fit
+    /// under the limit,
     /// reclaiming idle mappings first if that is what it takes. `None` if
     /// they do not fit even with the pool empty (it is then empty).
     pub(crate) fn try_reserve(self: &Arc<Self>, bytes: u64) -> Option<Charge> {
@@ -162,11 +179,11 @@ impl Budget {
             let mut reclaim = Vec::new();
             {
                 let mut s = self.state.lock();
-                if let Some(map) = s.take_exact(bytes) {
+                if let Some((charged, map)) = s.take_fitting(bytes) {
                     s.reuses += 1;
                     return Some(Charge {
                         budget: Arc::clone(self),
-                        bytes,
+                        bytes: charged,
                         pooled: Some(map),
                     });
                 }
@@ -350,5 +367,32 @@ mod tests {
         assert_eq!(b.live(), 0);
         assert_eq!(b.snapshot().peak, 10_000);
         assert!(b.try_reserve(u64::MAX).is_none());
+    }
+
+    /// A mapping pooled by a layer a page longer serves the next layer (the
+    /// blocks of one file alternate so), charged its own length; one far
+    /// longer is reclaimed instead, and fresh memory mapped.
+    #[test]
+    fn a_pooled_mapping_a_little_longer_is_reused_with_its_charge() {
+        const PAGE: u64 = 4096;
+        let b = Budget::new(100 * PAGE);
+        let long = b.try_reserve(17 * PAGE).unwrap();
+        long.recycle(Mapping::new(17 * PAGE as usize).unwrap());
+        let mut short = b.try_reserve(16 * PAGE).unwrap();
+        assert!(
+            short.take_mapping().is_some(),
+            "the idle mapping is taken over"
+        );
+        assert_eq!(b.snapshot().live, 17 * PAGE, "charged the mapping's length");
+        assert_eq!(b.snapshot().idle, 0);
+        drop(short);
+        assert_eq!(b.live(), 0);
+
+        let far = b.try_reserve(40 * PAGE).unwrap();
+        far.recycle(Mapping::new(40 * PAGE as usize).unwrap());
+        let mut small = b.try_reserve(16 * PAGE).unwrap();
+        assert!(small.take_mapping().is_none(), "2.5× too long: not reused");
+        assert_eq!(b.snapshot().live, 16 * PAGE);
+        assert_eq!(b.snapshot().idle, 40 * PAGE, "kept idle: there was room");
     }
 }
