@@ -159,7 +159,8 @@ async fn truncating_a_shared_file_while_views_are_held_never_faults() {
 
 /// The cut lands while fetches are running and others are held: each fetch
 /// is exact bytes or `Error::Truncated`, and every layer held when the cut
-/// came keeps its bytes.
+/// came keeps its bytes. A read gate lets `k` reads go, the cut starts at
+/// once (racing them), and the rest go only after the cut is done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncation_racing_shared_reads_gives_exact_bytes_or_truncated() {
     let layers = 24;
@@ -170,10 +171,19 @@ async fn truncation_racing_shared_reads_gives_exact_bytes_or_truncated() {
         std::fs::write(&m.path, &pristine).unwrap();
         warm(&m);
         let model = m.open(shared_config(Backend::Auto)).await;
+        let gate = common::Gate::closed();
+        gate.install(&model);
+        let fetches: Vec<_> = (0..layers)
+            .map(|i| {
+                let model = model.clone();
+                tokio::spawn(async move { (i, model.layer(i).await) })
+            })
+            .collect();
+        let first = 4 * round as usize;
+        gate.open(first);
         let path = m.path.clone();
         let cut_to = pristine.len() as u64 * (round + 1) / 8;
         let cutter = tokio::task::spawn_blocking(move || {
-            std::thread::sleep(Duration::from_millis(round));
             std::fs::OpenOptions::new()
                 .write(true)
                 .open(&path)
@@ -181,11 +191,8 @@ async fn truncation_racing_shared_reads_gives_exact_bytes_or_truncated() {
                 .set_len(cut_to)
                 .unwrap();
         });
-        let mut fetches = Vec::new();
-        for i in 0..layers {
-            let model = model.clone();
-            fetches.push(tokio::spawn(async move { (i, model.layer(i).await) }));
-        }
+        cutter.await.unwrap();
+        gate.open(layers - first);
         let mut held = Vec::new();
         for f in fetches {
             let (i, r) = f.await.unwrap();
@@ -195,11 +202,13 @@ async fn truncation_racing_shared_reads_gives_exact_bytes_or_truncated() {
                     exact += 1;
                     held.push((i, w));
                 }
-                Err(Error::Truncated { .. }) => truncated += 1,
+                Err(Error::Truncated { layer, .. }) => {
+                    assert_eq!(layer, i);
+                    truncated += 1;
+                }
                 Err(e) => panic!("layer {i}: {e}"),
             }
         }
-        cutter.await.unwrap();
         for (i, w) in &held {
             m.check(*i, w.bytes());
         }
@@ -207,6 +216,10 @@ async fn truncation_racing_shared_reads_gives_exact_bytes_or_truncated() {
     }
     eprintln!("shared, cut during reads: {exact} exact, {truncated} truncated");
     assert_eq!(exact + truncated, 6 * layers);
+    assert!(
+        exact > 0 && truncated > 0,
+        "{exact} exact, {truncated} truncated"
+    );
 }
 
 /// Handles outlive the model: the lease is held as long as a shared view
