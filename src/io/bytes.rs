@@ -144,7 +144,11 @@ impl Drop for MappedView {
         // SAFETY: MADV_DONTNEED on a read-only shared file mapping only drops
         // this process's page-table entries; any later access faults the same
         // file bytes back in, so no live reference can observe changed data.
-        // The range lies inside the map.
+        // The range lies inside the map. If a lease break replaced these
+        // pages with an anonymous copy (`io/shared.rs`), they read as zeros
+        // afterwards; but no one reads them again: the pages lie wholly
+        // inside this view's layer, no other live buffer of the layer exists
+        // (`keep_pages` is false), and the broken file makes no new views.
         let _ = unsafe {
             self.map
                 .unchecked_advise_range(UncheckedAdvice::DontNeed, first, last - first)
