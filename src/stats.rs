@@ -27,6 +27,9 @@ pub struct Stats {
     /// would have fetched them from the disk again): `docs/architecture.md`,
     /// "Cached pages and direct I/O".
     pub page_cache_bytes: u64,
+    /// Bytes of layers returned as views of the page cache's own pages,
+    /// neither read nor copied (`MmapConfig::share_page_cache`).
+    pub page_cache_shared_bytes: u64,
     /// Nanoseconds spent in backend reads, summed over reads (reads that
     /// overlap each other count twice).
     pub read_nanos: u64,
@@ -84,6 +87,8 @@ pub(crate) struct Counters {
     pub(crate) bytes_read: AtomicU64,
     /// Shared with the read engine, which counts into it.
     pub(crate) page_cache_bytes: std::sync::Arc<AtomicU64>,
+    /// Shared with the page-cache sharing engine (`io/shared.rs`).
+    pub(crate) page_cache_shared_bytes: std::sync::Arc<AtomicU64>,
     pub(crate) read_nanos: AtomicU64,
     pub(crate) evictions: AtomicU64,
     pub(crate) prefetch_issued: AtomicU64,
@@ -137,6 +142,7 @@ impl Counters {
             reads: self.reads.load(Relaxed),
             bytes_read: self.bytes_read.load(Relaxed),
             page_cache_bytes: self.page_cache_bytes.load(Relaxed),
+            page_cache_shared_bytes: self.page_cache_shared_bytes.load(Relaxed),
             read_nanos: self.read_nanos.load(Relaxed),
             read_busy_nanos: self.busy_nanos(),
             evictions: self.evictions.load(Relaxed),

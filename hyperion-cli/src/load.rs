@@ -44,6 +44,10 @@ pub struct Args {
     /// Buffered reads (`direct_io: false`), so a warm page cache is used.
     #[arg(long)]
     pub buffered: bool,
+    /// Share the page cache's pages instead of copying cached layers
+    /// (`share_page_cache: true`): views under a read lease, never SIGBUS.
+    #[arg(long)]
+    pub share_page_cache: bool,
     /// The read backend.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
@@ -74,6 +78,9 @@ pub struct Loaded {
     /// Bytes that direct reads copied from the page cache because they were
     /// cached already (`Stats::page_cache_bytes`).
     pub page_cache_bytes: u64,
+    /// Bytes returned as views of the page cache's pages
+    /// (`Stats::page_cache_shared_bytes`).
+    pub page_cache_shared_bytes: u64,
     /// `VmRSS` just before the load started.
     pub rss_before: u64,
     /// `VmHWM` after the load: the process's peak resident set.
@@ -102,6 +109,7 @@ impl Loaded {
             "checksum": format!("{:016x}", self.checksum),
             "peak_memory": self.peak_memory,
             "page_cache_bytes": self.page_cache_bytes,
+            "page_cache_shared_bytes": self.page_cache_shared_bytes,
             "rss_before_bytes": self.rss_before,
             "peak_rss_bytes": self.peak_rss,
         })
@@ -115,7 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         println!(
             "{}: {} — {} layers, {} tensors, {:.1} MiB in {:.3} s = {:.0} MB/s; peak RSS {:.1} MiB \
-             (file {:.1} MiB, budget {:.1} MiB, {} {}, {}; {:.1} MiB copied from the page cache); checksum {:016x}",
+             (file {:.1} MiB, budget {:.1} MiB, {} {}, {}; {:.1} MiB copied from the page cache, {:.1} MiB shared); checksum {:016x}",
             args.file.display(),
             loaded.mode,
             loaded.layers,
@@ -135,6 +143,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             },
             if loaded.cold { "cold" } else { "as cached" },
             loaded.page_cache_bytes as f64 / MIB,
+            loaded.page_cache_shared_bytes as f64 / MIB,
             loaded.checksum
         );
     }
@@ -201,6 +210,7 @@ async fn load_async(
         max_cache_size: budget,
         backend: args.backend.into(),
         direct_io: !args.buffered,
+        share_page_cache: args.share_page_cache,
         ..defaults
     };
     let model = MappedModel::open(path, config).await?;
@@ -243,6 +253,7 @@ async fn load_async(
         checksum,
         peak_memory: stats.peak_memory,
         page_cache_bytes: stats.page_cache_bytes,
+        page_cache_shared_bytes: stats.page_cache_shared_bytes,
         rss_before,
         peak_rss: rss_field("VmHWM")?,
     })

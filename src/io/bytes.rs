@@ -10,6 +10,7 @@ use memmap2::{Advice, Mmap, UncheckedAdvice};
 use crate::budget::Charge;
 use crate::buffer::AlignedBuf;
 use crate::index::{align_down, align_up, BLOCK};
+use crate::io::shared::ShareGuard;
 
 /// Where a layer's bytes live.
 pub(crate) enum Storage {
@@ -47,6 +48,9 @@ pub(crate) struct MappedView {
     /// Set when another live buffer of the same layer still uses these pages.
     pub(crate) keep_pages: bool,
     _charge: Charge,
+    /// For a view of a leased file (`io/shared.rs`): keeps the lease and
+    /// registers the window, so a lease break copies its pages out first.
+    _share: Option<ShareGuard>,
 }
 
 impl MappedView {
@@ -68,20 +72,54 @@ impl MappedView {
             layer_end: layer.end,
             keep_pages: false,
             _charge: charge,
+            _share: None,
         }
+    }
+
+    /// A view of a leased file's mapping (`io/shared.rs`), holding `share`.
+    pub(crate) fn shared(
+        map: Arc<Mmap>,
+        window: Range<usize>,
+        layer: Range<usize>,
+        charge: Charge,
+        share: ShareGuard,
+    ) -> Self {
+        let mut view = Self::new(map, window, layer, charge);
+        view._share = Some(share);
+        view
+    }
+
+    /// Where the window starts in the mapping.
+    pub(crate) fn window_start(&self) -> usize {
+        self.start
+    }
+
+    /// Makes every page of the window resident now: `MADV_POPULATE_READ`
+    /// (one call, page tables filled from the page cache, reading from the
+    /// disk what is not cached), or where the kernel lacks it (before 5.14)
+    /// [`MappedView::page_in`]. An error (a page past the end of the file)
+    /// is returned, never a fault.
+    pub(crate) fn populate(&self) -> std::io::Result<()> {
+        if !crate::sys::lease::populate_read(&self.map, self.start..self.start + self.len)? {
+            self.page_in();
+        }
+        Ok(())
     }
 
     pub(crate) fn as_slice(&self) -> &[u8] {
         &self.map[self.start..self.start + self.len]
     }
 
-    /// Starts readahead for the window and waits until every page is resident.
-    pub(crate) fn page_in(&self) {
-        // Advice is a hint: if the kernel refuses it, the touches below still
-        // fault every page in, just less efficiently.
+    /// Starts readahead for the window (`MADV_WILLNEED`). A hint: if the
+    /// kernel refuses it, paging in still faults every page in.
+    pub(crate) fn will_need(&self) {
         let _ = self
             .map
             .advise_range(Advice::WillNeed, self.start, self.len);
+    }
+
+    /// Waits until every page is resident by touching each one.
+    pub(crate) fn page_in(&self) {
         let bytes = self.as_slice();
         let mut sum = 0u8;
         for page in bytes.chunks(BLOCK as usize) {
@@ -106,7 +144,11 @@ impl Drop for MappedView {
         // SAFETY: MADV_DONTNEED on a read-only shared file mapping only drops
         // this process's page-table entries; any later access faults the same
         // file bytes back in, so no live reference can observe changed data.
-        // The range lies inside the map.
+        // The range lies inside the map. If a lease break replaced these
+        // pages with an anonymous copy (`io/shared.rs`), they read as zeros
+        // afterwards; but no one reads them again: the pages lie wholly
+        // inside this view's layer, no other live buffer of the layer exists
+        // (`keep_pages` is false), and the broken file makes no new views.
         let _ = unsafe {
             self.map
                 .unchecked_advise_range(UncheckedAdvice::DontNeed, first, last - first)

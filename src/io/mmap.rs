@@ -125,7 +125,18 @@ impl MmapBackend {
                 r.offset as usize..r.end() as usize,
                 charge,
             );
-            view.page_in();
+            // Readahead for the window, then every page made resident in one
+            // call (`MADV_POPULATE_READ`, or a touch of every page on old
+            // kernels). A page lost to a truncation since the check above
+            // is an error from the call, not a fault (a touch would fault).
+            view.will_need();
+            view.populate().map_err(|e| {
+                Error::io(
+                    path_of(&self.files, r.file),
+                    format!("page in layer {layer}"),
+                    e,
+                )
+            })?;
             return Ok(LayerBytes {
                 storage: Storage::Mapped(view),
                 start: (r.offset as usize) - start,
@@ -153,6 +164,10 @@ impl MmapBackend {
             len: spec.size as usize,
         })
     }
+}
+
+fn path_of(files: &[Arc<Path>], file: usize) -> &Arc<Path> {
+    &files[file]
 }
 
 impl super::ReadBackend for MmapBackend {

@@ -17,6 +17,7 @@ pub(crate) mod mmap;
 #[cfg(feature = "object-store")]
 pub(crate) mod object;
 pub(crate) mod pread;
+pub(crate) mod shared;
 pub(crate) mod uring;
 pub(crate) mod verify;
 
@@ -68,6 +69,25 @@ pub(crate) trait ReadBackend: Send + Sync + 'static {
 /// io_uring and `direct_io`, layers found in the page cache are read by the
 /// pread engine ([`auto`]).
 pub(crate) async fn open_backend(
+    files: &[Arc<Path>],
+    config: &MmapConfig,
+    faults: Option<Arc<FaultPlan>>,
+    page_cache_bytes: Arc<AtomicU64>,
+    page_cache_shared_bytes: Arc<AtomicU64>,
+) -> Result<Arc<dyn ReadBackend>> {
+    let engine = open_file_backend(files, config, faults, page_cache_bytes).await?;
+    // Cached layers shared under a lease (io/shared.rs); the mmap engine
+    // maps everything anyway.
+    if config.share_page_cache && engine.kind() != Backend::Mmap {
+        // A few system calls per file and one thread: quick enough to make here.
+        let shared = shared::SharedBackend::open(files, engine, page_cache_shared_bytes);
+        return Ok(Arc::new(shared));
+    }
+    Ok(engine)
+}
+
+/// The engine `config.backend` names, without page-cache sharing.
+async fn open_file_backend(
     files: &[Arc<Path>],
     config: &MmapConfig,
     faults: Option<Arc<FaultPlan>>,

@@ -84,6 +84,7 @@ impl Shared {
                     &config,
                     faults,
                     Arc::clone(&counters.page_cache_bytes),
+                    Arc::clone(&counters.page_cache_shared_bytes),
                 )
                 .await?;
                 (index, backend)

@@ -16,5 +16,6 @@ compile_error!(
 
 pub(crate) mod clock;
 pub(crate) mod file;
+pub(crate) mod lease;
 pub(crate) mod memory;
 pub(crate) mod pages;
