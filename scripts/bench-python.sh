@@ -15,9 +15,9 @@
 #   --size    bytes of the generated file (KiB/MiB/GiB suffixes; default 2GiB)
 #   --reps    repetitions (default 3)
 #   --loaders a subset, comma-separated (see scripts/bench_python.py)
-#   --memory  settled (default: a 5 s pause before each run, so every loader
-#             starts with the memory the run before freed given back to the
-#             host) or as-is (no pause); see scripts/bench_python.py
+#   --memory  settled (default: a 5 s pause right before each load call, so
+#             every loader starts with the memory freed before it given back
+#             to the host) or as-is (no pause); see scripts/bench_python.py
 #
 # Uses the project venv (scripts/python-package.sh builds and installs the
 # package into it) plus runai-model-streamer, which this script alone

@@ -3,7 +3,7 @@
 file, in one run. Run through scripts/bench-python.sh, which installs
 everything and generates the file.
 
-  load LOADER FILE --result OUT.json
+  load LOADER FILE --result OUT.json [--settle SECONDS]
       one load in this process: every tensor in memory and touched; writes
       MB/s, peak RSS and the checksum to OUT.json.
   run --file FILE --reps N --json OUT.json [--loaders a,b,...] [--memory M]
@@ -19,10 +19,11 @@ of new memory faulted in 0.15 s right after another process freed it, and
 in 0.7-4.8 s a few seconds later. Which of the two a loader gets depends on
 how long its process ran before its first allocation (`import torch` takes
 seconds, `import numpy` a fraction), not on the loader:
-  settled   (default) a pause of --settle seconds (default 5) after the
-            page-cache drop or warm-up and before each process starts:
-            the memory the previous run freed has gone back to the host, and
-            every loader pays the host's fault per page.
+  settled   (default) a pause of --settle seconds (default 5) right before
+            the load call (in the loader's process after its imports; for
+            the Rust CLI, which imports nothing, before it starts): the
+            memory earlier runs and the imports freed has gone back to the
+            host, and every loader pays the host's fault per page.
   as-is     no pause (the bench before 2026-12-03): a loader that imports
             little (numpy, the Rust CLI) reuses the memory the previous run
             just freed, one that imports torch gets the host's.
@@ -92,7 +93,7 @@ RSS_TARGET_OVER_FILE = 64 * MIB
 
 
 def cmd_load(args):
-    held, result = peers.measure(LOADERS[args.loader], args.file, IMPORTS[args.loader])
+    held, result = peers.measure(LOADERS[args.loader], args.file, IMPORTS[args.loader], args.settle)
     result["loader"] = args.loader
     with open(args.result, "w") as f:
         json.dump(result, f)
@@ -103,15 +104,16 @@ def one_run(loader, args, state, workdir, run_id):
     """One load in a fresh process, from the page-cache `state` and the
     memory state `args.memory`."""
     peers.prepare_cache(args.file, state)
-    if args.memory == "settled":
-        time.sleep(args.settle)
+    settle = args.settle if args.memory == "settled" else 0.0
     env = dict(os.environ)
     if loader == "runai_c16":
         env["RUNAI_STREAMER_CONCURRENCY"] = "16"
     if loader == "hyperion_rust":
+        time.sleep(settle)
         return peers.spawn(loader, state, [args.hyperion, "load", "--json", args.file], env, None)
     result = os.path.join(workdir, f"{run_id}.json")
     cmd = [sys.executable, os.path.abspath(__file__), "load", loader, args.file, "--result", result]
+    cmd += ["--settle", str(settle)]
     return peers.spawn(loader, state, cmd, env, result)
 
 
@@ -211,13 +213,14 @@ def main():
     load.add_argument("loader", choices=sorted(LOADERS))
     load.add_argument("file")
     load.add_argument("--result", required=True)
+    load.add_argument("--settle", type=float, default=0.0, help="seconds of pause between the imports and the load")
     run = sub.add_parser("run")
     run.add_argument("--file", required=True)
     run.add_argument("--reps", type=int, default=3)
     run.add_argument("--json", required=True)
     run.add_argument("--loaders")
     run.add_argument("--memory", choices=("settled", "as-is"), default="settled")
-    run.add_argument("--settle", type=float, default=5.0, help="seconds of pause before each run (--memory settled)")
+    run.add_argument("--settle", type=float, default=5.0, help="seconds of pause before each load (--memory settled)")
     run.add_argument("--hyperion", required=True, help="the hyperion binary, for the hyperion_rust row")
     args = p.parse_args()
     if getattr(args, "reps", 1) <= 0:

@@ -55,15 +55,17 @@ def status_field(name: str) -> int:
     raise RuntimeError(f"no {name} in /proc/self/status")
 
 
-def measure(fn, path, imports):
+def measure(fn, path, imports, pause=0.0):
     """Runs loader `fn` on `path` in this process as every benchmark here
     measures it: `imports` first (outside the clock: `import torch` alone
-    takes seconds and hundreds of MiB), then the clock from the load call to
-    the last byte touched. Returns (tensors held, result dict)."""
+    takes seconds and hundreds of MiB), then `pause` seconds of sleep, then
+    the clock from the load call to the last byte touched. Returns (tensors
+    held, result dict)."""
     import importlib
 
     for module in imports:
         importlib.import_module(module)
+    time.sleep(pause)
     rss_before = status_field("VmRSS")
     t0 = time.perf_counter()
     held, total, checksum = fn(path)
