@@ -10,11 +10,14 @@
 # everything as JSON. docs/python.md shows a run. A benchmark, not a test:
 # nothing fails on a missed target.
 #
-#   scripts/bench-python.sh [--size BYTES] [--reps N] [--loaders a,b,...]
+#   scripts/bench-python.sh [--size BYTES] [--reps N] [--loaders a,b,...] [--memory M]
 #
 #   --size    bytes of the generated file (KiB/MiB/GiB suffixes; default 2GiB)
 #   --reps    repetitions (default 3)
 #   --loaders a subset, comma-separated (see scripts/bench_python.py)
+#   --memory  settled (default: a 5 s pause right before each load call, so
+#             every loader starts with the memory freed before it given back
+#             to the host) or as-is (no pause); see scripts/bench_python.py
 #
 # Uses the project venv (scripts/python-package.sh builds and installs the
 # package into it) plus runai-model-streamer, which this script alone
@@ -24,12 +27,14 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 size_arg=2GiB
 reps=3
 loaders=""
+memory=settled
 while [ $# -gt 0 ]; do
   case "$1" in
   --size) size_arg="${2:?--size needs a value}"; shift 2 ;;
   --reps) reps="${2:?--reps needs a value}"; shift 2 ;;
   --loaders) loaders="${2:?--loaders needs a value}"; shift 2 ;;
-  -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  --memory) memory="${2:?--memory needs a value}"; shift 2 ;;
+  -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "bench-python: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -65,7 +70,7 @@ dir="$target_dir/peers"
 mkdir -p "$dir"
 file="$dir/peers-$size.safetensors"
 "$py" "$root/scripts/peers.py" generate --size "$size" --out "$file" >&2
-args=(run --file "$file" --reps "$reps" --json "$dir/bench-python-$size.json" --hyperion "$target_dir/release/hyperion")
+args=(run --file "$file" --reps "$reps" --memory "$memory" --json "$dir/bench-python-$size.json" --hyperion "$target_dir/release/hyperion")
 [ -n "$loaders" ] && args+=(--loaders "$loaders")
 "$py" "$root/scripts/bench_python.py" "${args[@]}"
 echo "bench-python: the full report is in $dir/bench-python-$size.json" >&2

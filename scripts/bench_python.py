@@ -3,18 +3,30 @@
 file, in one run. Run through scripts/bench-python.sh, which installs
 everything and generates the file.
 
-  load LOADER FILE --result OUT.json
+  load LOADER FILE --result OUT.json [--settle SECONDS]
       one load in this process: every tensor in memory and touched; writes
       MB/s, peak RSS and the checksum to OUT.json.
-  run --file FILE --reps N --json OUT.json [--loaders a,b,...]
+  run --file FILE --reps N --json OUT.json [--loaders a,b,...] [--memory M]
       each loader cold (page cache dropped first) and warm, each run in a
       fresh process, loaders interleaved within each repetition; prints one
       table with the ratios and writes OUT.json.
 
-The file, the checksum ("touched": the wrapping sum of every tensor's
-little-endian u64 words) and the peers' loaders are scripts/peers.py's, the
-ones scripts/bench-peers.sh uses, so the two benchmarks measure the same
-thing.
+--memory is the state of the machine's free memory when each load starts,
+the same for every loader. On these VMs (virtio-balloon free page
+reporting) freed memory goes back to the host a second or two after it is
+freed, and touching it again then costs a host-level fault per page: 2 GiB
+of new memory faulted in 0.15 s right after another process freed it, and
+in 0.7-4.8 s a few seconds later. Which of the two a loader gets depends on
+how long its process ran before its first allocation (`import torch` takes
+seconds, `import numpy` a fraction), not on the loader:
+  settled   (default) a pause of --settle seconds (default 5) right before
+            the load call (in the loader's process after its imports; for
+            the Rust CLI, which imports nothing, before it starts): the
+            memory earlier runs and the imports freed has gone back to the
+            host, and every loader pays the host's fault per page.
+  as-is     no pause (the bench before 2026-12-03): a loader that imports
+            little (numpy, the Rust CLI) reuses the memory the previous run
+            just freed, one that imports torch gets the host's.
 """
 
 from __future__ import annotations
@@ -23,7 +35,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,32 +59,26 @@ def load_hyperion_pt(path):
     return (held, *peers.sum_all(held.values(), peers.touch_torch))
 
 
+PEERS = ["st_numpy_load_file", "st_torch_load_file", "runai", "runai_c16"]
+
 LOADERS = {
     "hyperion_np": load_hyperion_np,
     "hyperion_pt": load_hyperion_pt,
-    "st_numpy_load_file": peers.load_st_numpy,
-    "st_torch_load_file": peers.load_st_torch,
-    "runai": peers.load_runai,
-    "runai_c16": peers.load_runai,
+    **{name: peers.LOADERS[name.removesuffix("_c16")] for name in PEERS},
 }
 
 DESCRIPTIONS = {
     "hyperion_rust": "`hyperion load FILE` (the Rust CLI, same read path, no Python): what the package adds to",
     "hyperion_np": 'hyperion.load_file(path) (framework="np"): io_uring O_DIRECT, arrays over the read buffers',
     "hyperion_pt": 'hyperion.load_file(path, framework="pt"): the same, as torch tensors',
-    "st_numpy_load_file": "safetensors.numpy.load_file(path)",
-    "st_torch_load_file": "safetensors.torch.load_file(path)",
-    "runai": "runai-model-streamer SafetensorsStreamer, default settings, owned tensors held",
-    "runai_c16": "the same with RUNAI_STREAMER_CONCURRENCY=16",
+    **{name: peers.DESCRIPTIONS[name] for name in PEERS},
 }
 
+# Imported before the clock starts (peers.measure).
 IMPORTS = {
     "hyperion_np": ["numpy", "hyperion"],
     "hyperion_pt": ["numpy", "torch", "hyperion"],
-    "st_numpy_load_file": ["numpy", "safetensors.numpy"],
-    "st_torch_load_file": ["numpy", "torch", "safetensors.torch"],
-    "runai": ["numpy", "torch", "runai_model_streamer"],
-    "runai_c16": ["numpy", "torch", "runai_model_streamer"],
+    **{name: peers.IMPORTS[name.removesuffix("_c16")] for name in PEERS},
 }
 
 # (ours, theirs, target): ours' cold median over theirs' (for "runai_best",
@@ -88,51 +93,28 @@ RSS_TARGET_OVER_FILE = 64 * MIB
 
 
 def cmd_load(args):
-    import importlib
-
-    for module in IMPORTS[args.loader]:
-        importlib.import_module(module)
-    rss_before = peers.status_field("VmRSS")
-    t0 = time.perf_counter()
-    held, total, checksum = LOADERS[args.loader](args.file)
-    seconds = time.perf_counter() - t0
-    result = {
-        "loader": args.loader,
-        "tensors": len(held),
-        "bytes": total,
-        "seconds": seconds,
-        "mb_s": total / 1e6 / max(seconds, 1e-9),
-        "checksum": f"{checksum:016x}",
-        "rss_before_bytes": rss_before,
-        "peak_rss_bytes": peers.status_field("VmHWM"),
-    }
+    held, result = peers.measure(LOADERS[args.loader], args.file, IMPORTS[args.loader], args.settle)
+    result["loader"] = args.loader
     with open(args.result, "w") as f:
         json.dump(result, f)
+    del held
 
 
-def one_run(loader, file, state, workdir, run_id, hyperion_bin):
-    if state == "cold":
-        peers.drop_cache(file)
-    else:
-        peers.warm_cache(file)
+def one_run(loader, args, state, workdir, run_id):
+    """One load in a fresh process, from the page-cache `state` and the
+    memory state `args.memory`."""
+    peers.prepare_cache(args.file, state)
+    settle = args.settle if args.memory == "settled" else 0.0
     env = dict(os.environ)
     if loader == "runai_c16":
         env["RUNAI_STREAMER_CONCURRENCY"] = "16"
+    if loader == "hyperion_rust":
+        time.sleep(settle)
+        return peers.spawn(loader, state, [args.hyperion, "load", "--json", args.file], env, None)
     result = os.path.join(workdir, f"{run_id}.json")
-    if loader == "hyperion_rust":
-        cmd = [hyperion_bin, "load", "--json", file]
-    else:
-        cmd = [sys.executable, os.path.abspath(__file__), "load", loader, file, "--result", result]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if p.returncode != 0:
-        raise RuntimeError(f"{loader} ({state}) failed with exit status {p.returncode}:\n{p.stderr[-3000:]}")
-    if loader == "hyperion_rust":
-        r = json.loads(p.stdout)
-    else:
-        with open(result) as f:
-            r = json.load(f)
-    r.update({"loader": loader, "state": state})
-    return r
+    cmd = [sys.executable, os.path.abspath(__file__), "load", loader, args.file, "--result", result]
+    cmd += ["--settle", str(settle)]
+    return peers.spawn(loader, state, cmd, env, result)
 
 
 def cmd_run(args):
@@ -149,37 +131,14 @@ def cmd_run(args):
         f"after the drop {drop['after_drop_read_mb_s']:.0f} MB/s",
         file=sys.stderr,
     )
-    runs, warnings = [], []
-    for rep in range(args.reps):
-        k = rep % len(loaders)
-        for loader in loaders[k:] + loaders[:k]:
-            for state in ("cold", "warm"):
-                r = one_run(loader, args.file, state, workdir, f"{rep}-{loader}-{state}", args.hyperion)
-                r["rep"] = rep
-                runs.append(r)
-                print(
-                    f"bench-python: rep {rep + 1}/{args.reps} {loader:<19} {state}: {r['mb_s']:7.0f} MB/s, "
-                    f"peak RSS {r['peak_rss_bytes'] / MIB:6.0f} MiB",
-                    file=sys.stderr,
-                )
-                if state == "cold" and r["mb_s"] > peers.COLD_SUSPICIOUS_MB_S:
-                    warnings.append(f"{loader} rep {rep}: a cold run at {r['mb_s']:.0f} MB/s: the drop did not work")
+    runs, warnings = peers.run_all(
+        loaders,
+        args.reps,
+        lambda loader, state, run_id: one_run(loader, args, state, workdir, run_id),
+        "bench-python",
+    )
     shutil.rmtree(workdir, ignore_errors=True)
-    checksums = {r["checksum"] for r in runs}
-    if len(checksums) != 1:
-        warnings.append(f"checksums differ between loaders: {sorted(checksums)}")
-
-    table = {}
-    for loader in loaders:
-        mine = [r for r in runs if r["loader"] == loader]
-        table[loader] = {
-            "description": DESCRIPTIONS[loader],
-            "cold_mb_s": peers.summary([r["mb_s"] for r in mine if r["state"] == "cold"]),
-            "warm_mb_s": peers.summary([r["mb_s"] for r in mine if r["state"] == "warm"]),
-            "peak_rss_bytes_max": max(r["peak_rss_bytes"] for r in mine),
-            "rss_before_bytes_max": max(r["rss_before_bytes"] for r in mine),
-            "load_rss_bytes_max": max(r["peak_rss_bytes"] - r["rss_before_bytes"] for r in mine),
-        }
+    table = peers.loader_rows(runs, loaders, DESCRIPTIONS)
 
     def median(loader, state):
         if loader == "runai_best":
@@ -203,20 +162,10 @@ def cmd_run(args):
         for loader in ("hyperion_np", "hyperion_pt")
         if loader in table
     }
-    report = {
-        "machine": peers.machine_info(),
-        "file": {"path": args.file, **meta},
-        "repetitions": args.reps,
-        "drop_check": drop,
-        "loaders": table,
-        "ratios": ratios,
-        "rss": rss,
-        "warnings": warnings,
-        "checksum": sorted(checksums)[0] if len(checksums) == 1 else None,
-        "runs": runs,
-    }
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=1)
+    memory = {"mode": args.memory, "settle_seconds": args.settle if args.memory == "settled" else 0}
+    report = peers.write_report(
+        args.json, args.file, meta, args.reps, drop, table, runs, warnings, memory=memory, ratios=ratios, rss=rss
+    )
     print_table(report)
 
 
@@ -225,7 +174,7 @@ def print_table(report):
     print(
         f"\nbench-python: {f['file_bytes'] / MIB:.0f} MiB safetensors ({f['tensors']} f16 tensors), "
         f"{report['repetitions']} repetitions, each run a fresh process; MB/s = 10^6 tensor bytes/s, "
-        "from the load call to the last byte touched\n"
+        f"from the load call to the last byte touched; memory: {report['memory']['mode']}\n"
     )
     print("| loader | cold MB/s (min / median / max) | warm MB/s (min / median / max) | peak RSS | before | RSS of the load |")
     print("| --- | --- | --- | --- | --- | --- |")
@@ -254,9 +203,7 @@ def print_table(report):
     print("runai_best: the better of runai and runai_c16 (medians)")
     for loader, t in report["loaders"].items():
         print(f"  {loader}: {t['description']}")
-    for w in report["warnings"]:
-        print(f"warning: {w}")
-    print(f"checksum of every loader: {report['checksum'] or 'MISMATCH'}")
+    peers.print_warnings(report)
 
 
 def main():
@@ -266,11 +213,14 @@ def main():
     load.add_argument("loader", choices=sorted(LOADERS))
     load.add_argument("file")
     load.add_argument("--result", required=True)
+    load.add_argument("--settle", type=float, default=0.0, help="seconds of pause between the imports and the load")
     run = sub.add_parser("run")
     run.add_argument("--file", required=True)
     run.add_argument("--reps", type=int, default=3)
     run.add_argument("--json", required=True)
     run.add_argument("--loaders")
+    run.add_argument("--memory", choices=("settled", "as-is"), default="settled")
+    run.add_argument("--settle", type=float, default=5.0, help="seconds of pause before each load (--memory settled)")
     run.add_argument("--hyperion", required=True, help="the hyperion binary, for the hyperion_rust row")
     args = p.parse_args()
     if getattr(args, "reps", 1) <= 0:

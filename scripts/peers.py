@@ -55,6 +55,32 @@ def status_field(name: str) -> int:
     raise RuntimeError(f"no {name} in /proc/self/status")
 
 
+def measure(fn, path, imports, pause=0.0):
+    """Runs loader `fn` on `path` in this process as every benchmark here
+    measures it: `imports` first (outside the clock: `import torch` alone
+    takes seconds and hundreds of MiB), then `pause` seconds of sleep, then
+    the clock from the load call to the last byte touched. Returns (tensors
+    held, result dict)."""
+    import importlib
+
+    for module in imports:
+        importlib.import_module(module)
+    time.sleep(pause)
+    rss_before = status_field("VmRSS")
+    t0 = time.perf_counter()
+    held, total, checksum = fn(path)
+    seconds = time.perf_counter() - t0
+    return held, {
+        "tensors": len(held),
+        "bytes": total,
+        "seconds": seconds,
+        "mb_s": total / 1e6 / max(seconds, 1e-9),
+        "checksum": f"{checksum:016x}",
+        "rss_before_bytes": rss_before,
+        "peak_rss_bytes": status_field("VmHWM"),
+    }
+
+
 def touch_u8(buf) -> int:
     """The checksum of one tensor's bytes, given as a 1-D uint8 numpy array."""
     import numpy as np
@@ -174,26 +200,8 @@ IMPORTS = {
 
 
 def cmd_load(args):
-    import importlib
-
-    fn = LOADERS[args.loader]
-    for module in IMPORTS[args.loader]:
-        importlib.import_module(module)
-    rss_before = status_field("VmRSS")
-    t0 = time.perf_counter()
-    held, total, checksum = fn(args.file)
-    seconds = time.perf_counter() - t0
-    peak = status_field("VmHWM")
-    result = {
-        "loader": args.loader,
-        "tensors": len(held),
-        "bytes": total,
-        "seconds": seconds,
-        "mb_s": total / 1e6 / max(seconds, 1e-9),
-        "checksum": f"{checksum:016x}",
-        "rss_before_bytes": rss_before,
-        "peak_rss_bytes": peak,
-    }
+    held, result = measure(LOADERS[args.loader], args.file, IMPORTS[args.loader])
+    result["loader"] = args.loader
     with open(args.result, "w") as f:
         json.dump(result, f)
     del held
@@ -367,13 +375,101 @@ def check_drop(path):
     return {"warm_read_mb_s": warm, "after_drop_read_mb_s": cold, "cached_bytes_after_drop": after, "bytes": limit}
 
 
+def prepare_cache(path, state):
+    """Drops `path` from the page cache (state "cold") or reads it in ("warm")."""
+    if state == "cold":
+        drop_cache(path)
+    else:
+        warm_cache(path)
+
+
+def spawn(loader, state, cmd, env, result_path):
+    """Runs one load in a fresh process: `cmd` writes its result as JSON to
+    `result_path`, or to stdout when `result_path` is None (`hyperion load
+    --json`). Returns the result with `loader`, `state` and the process's
+    wall time added."""
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{loader} ({state}) failed with exit status {p.returncode}:\n{p.stderr[-3000:]}")
+    if result_path is None:
+        r = json.loads(p.stdout)
+    else:
+        with open(result_path) as f:
+            r = json.load(f)
+    r.update({"loader": loader, "state": state, "process_seconds": wall})
+    return r
+
+
+def run_all(loaders, reps, one, tag):
+    """Every loader cold then warm, `reps` times, through `one(loader, state,
+    run_id)`; the order rotates each repetition, so drift and neighbours hit
+    all loaders alike. Returns (runs, warnings)."""
+    runs, warnings = [], []
+    for rep in range(reps):
+        k = rep % len(loaders)
+        for loader in loaders[k:] + loaders[:k]:
+            for state in ("cold", "warm"):
+                r = one(loader, state, f"run-{rep}-{loader}-{state}")
+                r["rep"] = rep
+                runs.append(r)
+                print(
+                    f"{tag}: rep {rep + 1}/{reps} {loader:<20} {state}: {r['mb_s']:8.0f} MB/s, "
+                    f"peak RSS {r['peak_rss_bytes'] / MIB:7.0f} MiB",
+                    file=sys.stderr,
+                )
+                if state == "cold" and r["mb_s"] > COLD_SUSPICIOUS_MB_S:
+                    warnings.append(f"{loader} rep {rep}: a cold run at {r['mb_s']:.0f} MB/s: the drop did not work")
+    checksums = {r["checksum"] for r in runs}
+    if len(checksums) != 1:
+        warnings.append(f"checksums differ between loaders: {sorted(checksums)}")
+    return runs, warnings
+
+
+def loader_rows(runs, loaders, descriptions):
+    """Per loader: its description, cold and warm MB/s (min, median, max) and
+    RSS (peak, before the load, and of the load: max over runs)."""
+    table = {}
+    for loader in loaders:
+        mine = [r for r in runs if r["loader"] == loader]
+        table[loader] = {
+            "description": descriptions[loader],
+            "cold_mb_s": summary([r["mb_s"] for r in mine if r["state"] == "cold"]),
+            "warm_mb_s": summary([r["mb_s"] for r in mine if r["state"] == "warm"]),
+            "peak_rss_bytes_max": max(r["peak_rss_bytes"] for r in mine),
+            "rss_before_bytes_max": max(r["rss_before_bytes"] for r in mine),
+            "load_rss_bytes_max": max(r["peak_rss_bytes"] - r["rss_before_bytes"] for r in mine),
+        }
+    return table
+
+
+def write_report(path, file, meta, reps, drop, table, runs, warnings, **extra):
+    """Writes a run's report as JSON to `path` and returns it: the machine,
+    the file, the page-cache drop check, the per-loader `table`, `extra`
+    (ratios, targets …), warnings, the checksum all runs agreed on (None if
+    they did not) and every run."""
+    checksums = {r["checksum"] for r in runs}
+    report = {
+        "machine": machine_info(),
+        "file": {"path": file, **meta},
+        "repetitions": reps,
+        "drop_check": drop,
+        "loaders": table,
+        **extra,
+        "warnings": warnings,
+        "checksum": sorted(checksums)[0] if len(checksums) == 1 else None,
+        "runs": runs,
+    }
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
 def one_run(loader, args, meta, state, workdir, run_id):
     """Runs `loader` once in a fresh process; returns its result dict."""
     target = args.file + ".pt" if loader == "torch_load_mmap" else args.file
-    if state == "cold":
-        drop_cache(target)
-    else:
-        warm_cache(target)
+    prepare_cache(target, state)
     cached = cached_bytes(target)
     env = dict(os.environ)
     result_path = os.path.join(workdir, f"{run_id}.json")
@@ -386,22 +482,14 @@ def one_run(loader, args, meta, state, workdir, run_id):
         if loader == "hyperion_stream":
             cmd += ["--budget", str(meta["stream_budget"])]
         cmd.append(args.file)
+        result_path = None
     else:
         fn = "runai" if loader.startswith("runai") else loader
         cmd = [sys.executable, os.path.abspath(__file__), "load", fn, args.file, "--result", result_path]
         if loader == "runai_c16":
             env["RUNAI_STREAMER_CONCURRENCY"] = "16"
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
-    if p.returncode != 0:
-        raise RuntimeError(f"{loader} ({state}) failed with exit status {p.returncode}:\n{p.stderr[-3000:]}")
-    if loader.startswith("hyperion"):
-        r = json.loads(p.stdout)
-    else:
-        with open(result_path) as f:
-            r = json.load(f)
-    r.update({"loader": loader, "state": state, "cached_bytes_before": cached, "process_seconds": wall})
+    r = spawn(loader, state, cmd, env, result_path)
+    r["cached_bytes_before"] = cached
     return r
 
 
@@ -432,43 +520,13 @@ def cmd_run(args):
         file=sys.stderr,
     )
 
-    runs, warnings = [], []
-    for rep in range(args.reps):
-        # Rotate the order each repetition, so drift and neighbours hit all loaders alike.
-        k = rep % len(loaders)
-        order = loaders[k:] + loaders[:k]
-        for loader in order:
-            for state in ("cold", "warm"):
-                r = one_run(loader, args, meta, state, workdir, f"run-{rep}-{loader}-{state}")
-                r["rep"] = rep
-                runs.append(r)
-                print(
-                    f"peers: rep {rep + 1}/{args.reps} {loader:<20} {state}: {r['mb_s']:8.0f} MB/s, "
-                    f"peak RSS {r['peak_rss_bytes'] / MIB:7.0f} MiB",
-                    file=sys.stderr,
-                )
-                if state == "cold" and r["mb_s"] > COLD_SUSPICIOUS_MB_S:
-                    warnings.append(f"{loader} rep {rep}: a cold run at {r['mb_s']:.0f} MB/s: the drop did not work")
-
+    runs, warnings = run_all(
+        loaders, args.reps, lambda loader, state, run_id: one_run(loader, args, meta, state, workdir, run_id), "peers"
+    )
     shutil.rmtree(workdir, ignore_errors=True)
-    checksums = {r["checksum"] for r in runs}
-    if len(checksums) != 1:
-        warnings.append(f"checksums differ between loaders: {sorted(checksums)}")
-
-    table = {}
-    for loader in loaders:
-        mine = [r for r in runs if r["loader"] == loader]
-        cold = [r["mb_s"] for r in mine if r["state"] == "cold"]
-        warm = [r["mb_s"] for r in mine if r["state"] == "warm"]
-        table[loader] = {
-            "description": DESCRIPTIONS[loader],
-            "cold_mb_s": summary(cold),
-            "warm_mb_s": summary(warm),
-            "peak_rss_bytes_max": max(r["peak_rss_bytes"] for r in mine),
-            "rss_before_bytes_max": max(r["rss_before_bytes"] for r in mine),
-            "load_rss_bytes_max": max(r["peak_rss_bytes"] - r["rss_before_bytes"] for r in mine),
-            "peak_rss_over_file_bytes": max(r["peak_rss_bytes"] for r in mine) - meta["file_bytes"],
-        }
+    table = loader_rows(runs, loaders, DESCRIPTIONS)
+    for t in table.values():
+        t["peak_rss_over_file_bytes"] = t["peak_rss_bytes_max"] - meta["file_bytes"]
     ref = table.get("hyperion")
     for loader, t in table.items():
         if ref:
@@ -499,20 +557,15 @@ def cmd_run(args):
             "met": over <= 16 * MIB,
         }
 
-    report = {
-        "machine": machine_info(),
-        "file": {"path": args.file, **meta},
-        "repetitions": args.reps,
-        "drop_check": drop,
-        "loaders": table,
-        "targets": targets,
-        "warnings": warnings,
-        "checksum": sorted(checksums)[0] if len(checksums) == 1 else None,
-        "runs": runs,
-    }
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=1)
+    report = write_report(args.json, args.file, meta, args.reps, drop, table, runs, warnings, targets=targets)
     print_table(report)
+
+
+def print_warnings(report):
+    """The table's last lines: the run's warnings and the common checksum."""
+    for w in report["warnings"]:
+        print(f"warning: {w}")
+    print(f"checksum of every loader: {report['checksum'] or 'MISMATCH'}")
 
 
 def machine_info():
@@ -570,9 +623,7 @@ def print_table(report):
                 f"target {name}: {t['mib']:.1f} MiB over the file (≤ {t['target_mib']} MiB: "
                 f"{'met' if t['met'] else 'missed'})"
             )
-    for w in report["warnings"]:
-        print(f"warning: {w}")
-    print(f"checksum of every loader: {report['checksum'] or 'MISMATCH'}")
+    print_warnings(report)
 
 
 def main():

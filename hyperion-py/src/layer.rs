@@ -183,6 +183,20 @@ impl Layer {
         self.weights.tensors().position(|t| t.name() == name)
     }
 
+    /// The position of tensor `name`, or `TensorNotFoundError`.
+    fn find(&self, py: Python<'_>, name: &str) -> PyResult<usize> {
+        self.position(name).ok_or_else(|| {
+            errors::new_err(
+                py,
+                "TensorNotFoundError",
+                format!(
+                    "layer {} has no tensor named {name:?}",
+                    self.weights.layer_index()
+                ),
+            )
+        })
+    }
+
     fn names(&self) -> Vec<&str> {
         self.weights.tensors().map(|t| t.name()).collect()
     }
@@ -192,17 +206,8 @@ impl Layer {
 impl Layer {
     /// The tensor `name` as an array over the layer's memory.
     fn __getitem__<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
-        match self.position(name) {
-            Some(p) => self.array(py, p),
-            None => Err(errors::new_err(
-                py,
-                "TensorNotFoundError",
-                format!(
-                    "layer {} has no tensor named {name:?}",
-                    self.weights.layer_index()
-                ),
-            )),
-        }
+        let p = self.find(py, name)?;
+        self.array(py, p)
     }
 
     /// The tensor `name`, or `default` if the layer has none of that name.
@@ -265,17 +270,7 @@ impl Layer {
     /// The tensor `name`'s raw bytes as a `TensorBuffer` (for
     /// `numpy.asarray`), whatever the framework.
     fn buffer_of(&self, py: Python<'_>, name: &str) -> PyResult<TensorBuffer> {
-        match self.position(name) {
-            Some(p) => Ok(self.buffer(p)),
-            None => Err(errors::new_err(
-                py,
-                "TensorNotFoundError",
-                format!(
-                    "layer {} has no tensor named {name:?}",
-                    self.weights.layer_index()
-                ),
-            )),
-        }
+        Ok(self.buffer(self.find(py, name)?))
     }
 
     /// The layer's index in the model.

@@ -29,21 +29,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 
-from . import _arrays, _native
-from ._errors import (
-    BackendUnavailableError,
-    BudgetError,
-    ChecksumError,
-    ClosedError,
-    FormatError,
-    HyperionError,
-    HyperionIOError,
-    InvalidArgumentError,
-    LayerIndexError,
-    PrefetchDisabledError,
-    TensorNotFoundError,
-    TruncatedError,
-)
+from . import _arrays, _errors, _native
+from ._errors import *  # noqa: F403  (the exceptions; listed once, in _errors.__all__)
+from ._errors import InvalidArgumentError
 from ._native import Layer, LayerStream, Model, TensorBuffer
 
 # A Layer is a read-only mapping of tensor names to arrays.
@@ -179,17 +167,5 @@ __all__ = [
     "LayerStream",
     "TensorBuffer",
     "TensorDict",
-    "HyperionError",
-    "FormatError",
-    "HyperionIOError",
-    "TruncatedError",
-    "ChecksumError",
-    "BudgetError",
-    "LayerIndexError",
-    "TensorNotFoundError",
-    "ClosedError",
-    "InvalidArgumentError",
-    "PrefetchDisabledError",
-    "BackendUnavailableError",
 ]
-
+__all__ += _errors.__all__

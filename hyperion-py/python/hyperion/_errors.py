@@ -77,19 +77,12 @@ class BackendUnavailableError(HyperionError):
     kernel, for example)."""
 
 
+# Every class above, in the order defined: what ``hyperion`` re-exports
+# (``from ._errors import *``), so a new error is listed by defining it here.
 __all__ = [
-    "HyperionError",
-    "FormatError",
-    "HyperionIOError",
-    "TruncatedError",
-    "ChecksumError",
-    "BudgetError",
-    "LayerIndexError",
-    "TensorNotFoundError",
-    "ClosedError",
-    "InvalidArgumentError",
-    "PrefetchDisabledError",
-    "BackendUnavailableError",
+    name
+    for name, value in list(globals().items())
+    if isinstance(value, type) and issubclass(value, HyperionError)
 ]
 
 # Shown as hyperion.BudgetError (where users import them from), not
