@@ -62,7 +62,12 @@ if [ ! -f "$bench_venv/.runai-0.17" ]; then
   site=$("$py" -c 'import site; print(site.getsitepackages()[0])')
   bsite=$("$bench_venv/bin/python" -c 'import site; print(site.getsitepackages()[0])')
   echo "$site" >"$bsite/pyenv.pth"
+  # --ignore-installed: the test venv may hold runai-model-streamer too (the
+  # Python bench installs it), and pip, seeing it through the .pth, would not
+  # install it here; that copy then finds no S3 plugin beside it ("S3 not
+  # supported").
   if "$bench_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    --ignore-installed --no-deps \
     runai-model-streamer==0.17.0 runai-model-streamer-s3==0.17.1 >&2; then
     touch "$bench_venv/.runai-0.17"
   fi
