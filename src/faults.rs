@@ -36,12 +36,15 @@ pub(crate) enum Fault {
 /// to [`MappedModel::open_with_faults`](crate::MappedModel::open_with_faults).
 ///
 /// ```
+/// # // The module is public only with the `fault-injection` feature.
+/// # #[cfg(feature = "fault-injection")] {
 /// use hyperion::faults::FaultPlan;
 /// let plan = FaultPlan::new(7)
 ///     .with_errors(0.2, &[libc::EINTR, libc::EIO])
 ///     .with_short_reads(0.3)
 ///     .with_delays(0.1, std::time::Duration::from_millis(2));
 /// assert_eq!(plan.injected(), 0);
+/// # }
 /// ```
 #[derive(Debug)]
 pub struct FaultPlan {
