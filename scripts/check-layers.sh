@@ -19,7 +19,7 @@ layers='
 2 error
 3 config faults index source
 4 object
-5 format pagecache budget
+5 files format pagecache budget
 6 synth buffer stats
 7 io
 8 weights

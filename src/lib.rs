@@ -13,6 +13,7 @@ pub mod error;
 pub mod faults;
 #[cfg(not(feature = "fault-injection"))]
 mod faults;
+pub mod files;
 pub mod format;
 mod ggml;
 pub mod index;

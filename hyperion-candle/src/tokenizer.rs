@@ -8,8 +8,8 @@ use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use tokenizers::Tokenizer;
 
+use hyperion::files::read_small_file;
 use hyperion::format::gguf::{read_header, GgufArray, GgufValue};
-use hyperion::source::read_small_file;
 
 use crate::error::{Error, Result};
 use crate::llama::ModelFiles;

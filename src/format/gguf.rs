@@ -1315,7 +1315,7 @@ fn overflow(what: impl Into<String>) -> FormatError {
 /// # Ok(()) }
 /// ```
 pub fn read_header(path: impl AsRef<Path>) -> Result<GgufHeader> {
-    crate::source::with_files(path.as_ref(), |path, opener| {
+    crate::object::with_files(path.as_ref(), |path, opener| {
         let path: Arc<Path> = Arc::from(path);
         let (mut file, file_len) = opener.open(&path)?;
         read_from(&mut file, &path, file_len)

@@ -25,7 +25,7 @@ use crate::source::{is_object_url, Opener};
 /// This is blocking; [`MappedModel::open`](crate::MappedModel::open) runs it
 /// off the async runtime.
 pub fn read_index(path: &Path) -> Result<ModelIndex> {
-    crate::source::with_files(path, read_index_with)
+    crate::object::with_files(path, read_index_with)
 }
 
 /// [`read_index`] with the files opened by `opener`.

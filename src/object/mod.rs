@@ -61,6 +61,21 @@ pub(crate) fn config_error(path: &Arc<Path>, op: &str, why: &str) -> Error {
     }
 }
 
+/// Runs the blocking `read` over `path` with the files of its kind: local
+/// files, or objects read with a client from the `AWS_*` environment. Safe
+/// to call from anywhere, inside an async runtime or not (objects are read
+/// on a thread and runtime of their own), but it blocks the caller.
+pub(crate) fn with_files<T: Send>(
+    path: &Path,
+    read: impl FnOnce(&Path, &mut dyn Opener) -> Result<T> + Send,
+) -> Result<T> {
+    if crate::source::is_object_url(path) {
+        with_remote_files(path, read)
+    } else {
+        read(path, &mut crate::source::LocalFiles)
+    }
+}
+
 /// Runs the blocking `read` (a format parser) over the object `path` with a
 /// client from the `AWS_*` environment, on a runtime of its own: for the
 /// blocking [`read_index`](crate::format::read_index), which may be called

@@ -38,8 +38,9 @@ use std::sync::Arc;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use futures::StreamExt;
+use hyperion::files::{file_exists, read_prefix, read_small_file};
 use hyperion::format::gguf::read_header;
-use hyperion::source::{file_exists, is_object_url, read_prefix, read_small_file};
+use hyperion::source::is_object_url;
 use hyperion::{MappedModel, MmapConfig};
 
 use crate::convert;
