@@ -625,12 +625,7 @@ async fn a_truncated_file_is_an_error_not_a_crash(backend: Backend) {
     let m = TestModel::new(4, 64 * KIB);
     let model = m.open(config(backend, 1 << 20)).await;
     let keep = hyperion::format::read_index(&m.path).unwrap().layers[2].offset() + 10;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&m.path)
-        .unwrap()
-        .set_len(keep)
-        .unwrap();
+    common::truncate(&m.path, keep);
     let err = model.layer(3).await.unwrap_err();
     assert!(matches!(err, Error::Truncated { layer: 3, .. }), "{err}");
     let err = model.layer(2).await.unwrap_err();
@@ -646,12 +641,7 @@ async fn a_file_ending_mid_block_reads_exactly(backend: Backend) {
     let last = hyperion::format::read_index(&m.path).unwrap().layers[2].clone();
     let end = last.offset() + last.size;
     assert_ne!(end % 4096, 0);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&m.path)
-        .unwrap()
-        .set_len(end)
-        .unwrap();
+    common::truncate(&m.path, end);
     let model = m.open(config(backend, 1 << 20)).await;
     for i in 0..3 {
         m.check(i, &model.layer(i).await.unwrap());

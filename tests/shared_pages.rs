@@ -24,15 +24,6 @@ fn warm(m: &TestModel) {
     std::hint::black_box(std::fs::read(&m.path).unwrap());
 }
 
-fn cut(m: &TestModel, len: u64) {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&m.path)
-        .unwrap()
-        .set_len(len)
-        .unwrap();
-}
-
 async fn fetch_all(model: &MappedModel) -> Vec<LayerWeights> {
     let mut held = Vec::new();
     for i in 0..model.layer_count() {
@@ -119,14 +110,7 @@ async fn truncating_a_shared_file_while_views_are_held_never_faults() {
         // Another "process" (a thread here: the lease is per open file, so
         // the effect is the same) cuts the file; it must wait for the lease.
         let path = m.path.clone();
-        let cutter = std::thread::spawn(move || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .unwrap()
-                .set_len(cut_to)
-                .unwrap();
-        });
+        let cutter = std::thread::spawn(move || common::truncate(&path, cut_to));
         cutter.join().unwrap();
         let waited = start.elapsed();
         assert_eq!(
@@ -183,14 +167,7 @@ async fn truncation_racing_shared_reads_gives_exact_bytes_or_truncated() {
         gate.open(first);
         let path = m.path.clone();
         let cut_to = pristine.len() as u64 * (round + 1) / 8;
-        let cutter = tokio::task::spawn_blocking(move || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .unwrap()
-                .set_len(cut_to)
-                .unwrap();
-        });
+        let cutter = tokio::task::spawn_blocking(move || common::truncate(&path, cut_to));
         cutter.await.unwrap();
         gate.open(layers - first);
         let mut held = Vec::new();
@@ -234,7 +211,7 @@ async fn views_that_outlive_the_model_keep_the_lease() {
         return;
     }
     model.close();
-    cut(&m, 0);
+    common::truncate(&m.path, 0);
     for (i, w) in held.iter().enumerate() {
         m.check(i, w.bytes());
     }

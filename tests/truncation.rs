@@ -57,15 +57,6 @@ async fn open_without_ring(_: &TestModel, _: u64) -> MappedModel {
     unreachable!("AutoWithoutRing cases need --features fault-injection")
 }
 
-fn cut(m: &TestModel, len: u64) {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&m.path)
-        .unwrap()
-        .set_len(len)
-        .unwrap();
-}
-
 /// Several rounds of concurrent fetches of every layer, the file cut at a
 /// different point and moment each round, while the reads run.
 async fn during_reads(opener: &Opener) {
@@ -94,7 +85,7 @@ async fn during_reads(opener: &Opener) {
         if round >= 3 {
             gate.wait_entered(2 * (round as usize - 2)).await;
         }
-        cut(&m, pristine.len() as u64 * (round + 1) / 12);
+        common::truncate(&m.path, pristine.len() as u64 * (round + 1) / 12);
         for (i, f) in fetches.into_iter().enumerate() {
             match f.await.unwrap() {
                 Ok(bytes) => {
@@ -123,7 +114,7 @@ async fn before_reads(opener: &Opener) {
     let m = TestModel::new(4, 256 * KIB);
     let model = opener.open(&m).await;
     let index = hyperion::format::read_index(&m.path).unwrap();
-    cut(&m, index.layers[2].offset() + 100 * KIB);
+    common::truncate(&m.path, index.layers[2].offset() + 100 * KIB);
     for i in 0..4 {
         match model.layer(i).await {
             Ok(w) if i < 2 => m.check(i, &w),
@@ -222,7 +213,7 @@ async fn cut_in_the_middle_of_reads(auto: bool) {
     let fetches: Vec<_> = (0..layers).map(|i| tokio::spawn(model.layer(i))).collect();
     gate.wait_entered(layers).await;
     let index = hyperion::format::read_index(&m.path).unwrap();
-    cut(&m, index.layers[4].offset() + 100 * KIB);
+    common::truncate(&m.path, index.layers[4].offset() + 100 * KIB);
     let mut truncated = 0;
     for (i, f) in fetches.into_iter().enumerate() {
         match f.await.unwrap() {

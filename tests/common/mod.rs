@@ -366,6 +366,17 @@ pub fn python() -> Option<PathBuf> {
     }
 }
 
+/// Cuts (or extends) the file at `path` to `len` bytes, as another
+/// process truncating a model under an open model would.
+pub fn truncate(path: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
 /// The repository's root (the workspace's: these helpers are shared by the
 /// tests of every crate in it).
 pub fn repo_root() -> &'static Path {
