@@ -31,11 +31,11 @@ fn smollm2() -> Option<PathBuf> {
 
 /// Greedy decoding with candle's eager model: the tokens, and every step's
 /// logits.
-fn eager(path: &Path, prompt: &[u32]) -> (Vec<u32>, Vec<Vec<f32>>) {
+async fn eager(path: &Path, prompt: &[u32]) -> (Vec<u32>, Vec<Vec<f32>>) {
     let mut file = std::fs::File::open(path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     let mut model = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
-    support::greedy(prompt, GENERATED, |ids, pos| {
+    support::greedy(prompt, GENERATED, async |ids: &[u32], pos| {
         let input = Tensor::new(ids, &Device::Cpu)
             .unwrap()
             .unsqueeze(0)
@@ -43,12 +43,13 @@ fn eager(path: &Path, prompt: &[u32]) -> (Vec<u32>, Vec<Vec<f32>>) {
         let logits = model.forward(&input, pos).unwrap();
         logits.squeeze(0).unwrap().to_vec1().unwrap()
     })
+    .await
 }
 
 /// The streamed model at every budget against the eager model: the same
 /// tokens, every step's logits within 1e-4, never above the budget.
 async fn same_as_candle(path: &Path, prompt: &[u32]) -> (u64, Vec<(u64, support::Streamed)>) {
-    let (want_tokens, want_logits) = eager(path, prompt);
+    let (want_tokens, want_logits) = eager(path, prompt).await;
     let (size, budgets) = support::budgets(path);
     let mut runs = Vec::new();
     for budget in budgets {

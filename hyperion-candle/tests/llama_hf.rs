@@ -34,16 +34,6 @@ const GENERATED: usize = 32;
 /// up to ~10 in size; the largest difference measured was below 2e-5.
 const TRANSFORMERS_TOLERANCE: f32 = 1e-3;
 
-/// A checkpoint written by tests/reference/hf_llama.py with `args`, in a
-/// temp dir, or `None` (skipped, outside CI) without the Python environment.
-fn checkpoint(args: &[&str]) -> Option<tempfile::TempDir> {
-    let dir = tempfile::tempdir().unwrap();
-    let mut all = vec![dir.path().as_os_str()];
-    all.extend(args.iter().map(std::ffi::OsStr::new));
-    support::run_reference("hf_llama.py", &all)?;
-    Some(dir)
-}
-
 /// transformers' greedy run (reference.json).
 struct Reference {
     prompt: Vec<u32>,
@@ -94,7 +84,7 @@ fn weight_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Greedy decoding with candle's eager `models::llama`, its weights loaded
 /// by candle's own safetensors reader: the tokens and every step's logits.
-fn eager(dir: &Path, dtype: DType, prompt: &[u32]) -> (Vec<u32>, Vec<Vec<f32>>) {
+async fn eager(dir: &Path, dtype: DType, prompt: &[u32]) -> (Vec<u32>, Vec<Vec<f32>>) {
     let json = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let ours = LlamaConfig::from_hf_json(dir, &json).unwrap();
     let config = candle_llama::Config {
@@ -135,12 +125,15 @@ fn eager(dir: &Path, dtype: DType, prompt: &[u32]) -> (Vec<u32>, Vec<Vec<f32>>) 
         let logits = model.forward(&input, pos, cache).unwrap();
         logits.squeeze(0).unwrap().to_vec1().unwrap()
     };
-    support::greedy(prompt, GENERATED, |ids, pos| forward(&mut cache, ids, pos))
+    support::greedy(prompt, GENERATED, async |ids: &[u32], pos| {
+        forward(&mut cache, ids, pos)
+    })
+    .await
 }
 
 /// The streamed model, at every budget, against candle's eager model.
 async fn same_as_candle(path: &Path, dir: &Path, dtype: DType, prompt: &[u32]) {
-    let (want_tokens, want_logits) = eager(dir, dtype, prompt);
+    let (want_tokens, want_logits) = eager(dir, dtype, prompt).await;
     let weights = match hyperion_candle::llama::ModelFiles::locate(path).unwrap() {
         hyperion_candle::llama::ModelFiles::Safetensors { weights, .. } => weights,
         other => panic!("not safetensors: {other:?}"),
@@ -168,7 +161,7 @@ async fn same_as_candle(path: &Path, dir: &Path, dtype: DType, prompt: &[u32]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f32_sharded_checkpoint_generates_what_candle_and_transformers_generate() {
-    let Some(dir) = checkpoint(&["--shard-size", "300KB"]) else {
+    let Some(dir) = support::hf_checkpoint(&["--shard-size", "300KB"]) else {
         return;
     };
     let dir = dir.path();
@@ -192,7 +185,8 @@ async fn f32_sharded_checkpoint_generates_what_candle_and_transformers_generate(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bf16_checkpoint_with_a_tied_head_generates_what_candle_generates() {
-    let Some(dir) = checkpoint(&["--dtype", "bfloat16", "--tie", "--tokens", "1"]) else {
+    let Some(dir) = support::hf_checkpoint(&["--dtype", "bfloat16", "--tie", "--tokens", "1"])
+    else {
         return;
     };
     let dir = dir.path();
@@ -211,7 +205,7 @@ async fn bf16_checkpoint_with_a_tied_head_generates_what_candle_generates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn llama3_rope_scaling_generates_what_transformers_generates() {
-    let Some(dir) = checkpoint(&["--llama3-rope"]) else {
+    let Some(dir) = support::hf_checkpoint(&["--llama3-rope"]) else {
         return;
     };
     let dir = dir.path();
@@ -229,7 +223,7 @@ async fn llama3_rope_scaling_generates_what_transformers_generates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokenizer_json_and_config_errors() {
-    let Some(dir) = checkpoint(&["--tokens", "1"]) else {
+    let Some(dir) = support::hf_checkpoint(&["--tokens", "1"]) else {
         return;
     };
     let dir = dir.path();

@@ -6,7 +6,6 @@ mod common;
 #[path = "../../hyperion-candle/tests/support/mod.rs"]
 mod support;
 
-use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -87,12 +86,7 @@ fn token_ids_in_text_out() {
 /// chose.
 #[test]
 fn safetensors_directory_with_tokenizer_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let args = ["--shard-size", "300KB", "--tokens", "6"].map(OsStr::new);
-    let Some(()) = support::run_reference(
-        "hf_llama.py",
-        &[&[dir.path().as_os_str()], &args[..]].concat(),
-    ) else {
+    let Some(dir) = support::hf_checkpoint(&["--shard-size", "300KB", "--tokens", "6"]) else {
         return;
     };
     let reference: serde_json::Value =

@@ -10,7 +10,6 @@ mod s3;
 #[path = "../../hyperion-candle/tests/support/mod.rs"]
 mod support;
 
-use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -83,13 +82,8 @@ async fn a_gguf_in_s3_generates_what_the_local_file_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_safetensors_checkpoint_in_s3_generates_the_reference_tokens() {
     let Some(server) = s3::server() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let args = ["--shard-size", "300KB", "--tokens", "6"].map(OsStr::new);
-    support::run_reference(
-        "hf_llama.py",
-        &[&[dir.path().as_os_str()], &args[..]].concat(),
-    )
-    .expect("the env exists");
+    let dir = support::hf_checkpoint(&["--shard-size", "300KB", "--tokens", "6"])
+        .expect("the env exists");
     let reference: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("reference.json")).unwrap()).unwrap();
     let bucket = s3::bucket(server).await;

@@ -46,6 +46,17 @@ pub fn run_reference(script: &str, args: &[&std::ffi::OsStr]) -> Option<()> {
     Some(())
 }
 
+/// A Llama checkpoint written by transformers (`hf_llama.py` with `args`:
+/// weights, config.json, tokenizer.json and its greedy reference.json) in a
+/// temp dir, or `None` (skipped, outside CI) without the Python environment.
+pub fn hf_checkpoint(args: &[&str]) -> Option<tempfile::TempDir> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = vec![dir.path().as_os_str()];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    run_reference("hf_llama.py", &all)?;
+    Some(dir)
+}
+
 /// The index of the largest value (the first of equals): greedy decoding.
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -71,12 +82,12 @@ pub fn worst_difference(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 
 /// Greedy decoding of `steps` tokens by `forward(tokens, position)` (which
 /// returns the last position's logits): the tokens and every step's logits.
-pub fn greedy(
+pub async fn greedy(
     prompt: &[u32],
     steps: usize,
-    mut forward: impl FnMut(&[u32], usize) -> Vec<f32>,
+    mut forward: impl AsyncFnMut(&[u32], usize) -> Vec<f32>,
 ) -> (Vec<u32>, Vec<Vec<f32>>) {
-    let mut logits = forward(prompt, 0);
+    let mut logits = forward(prompt, 0).await;
     let (mut tokens, mut all) = (Vec::new(), Vec::new());
     for step in 0..steps {
         let next = argmax(&logits);
@@ -85,7 +96,7 @@ pub fn greedy(
         if step + 1 == steps {
             break;
         }
-        logits = forward(&[next], prompt.len() + step);
+        logits = forward(&[next], prompt.len() + step).await;
     }
     (tokens, all)
 }
@@ -106,22 +117,11 @@ pub async fn streamed(path: &Path, budget: u64, prompt: &[u32], steps: usize) ->
         ..MmapConfig::default()
     };
     let mut model = StreamedLlama::open(path, config).await.unwrap();
-    let mut logits: Vec<f32> = model.forward(prompt, 0).await.unwrap().to_vec1().unwrap();
-    let (mut tokens, mut all) = (Vec::new(), Vec::new());
-    for step in 0..steps {
-        let next = argmax(&logits);
-        tokens.push(next);
-        all.push(logits);
-        if step + 1 == steps {
-            break;
-        }
-        logits = model
-            .forward(&[next], prompt.len() + step)
-            .await
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-    }
+    let (tokens, all) = greedy(prompt, steps, async |ids: &[u32], pos| {
+        let logits = model.forward(ids, pos).await.unwrap();
+        logits.to_vec1().unwrap()
+    })
+    .await;
     Streamed {
         tokens,
         logits: all,
