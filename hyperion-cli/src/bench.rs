@@ -786,16 +786,7 @@ impl Ahead {
     fn layers(self, model: &MappedModel) -> usize {
         match self {
             Ahead::PrefetchThreads => model.config().prefetch_threads,
-            Ahead::Deep => {
-                let largest = (0..model.layer_count())
-                    .filter_map(|i| model.footprint(i).ok())
-                    .max()
-                    .unwrap_or(1)
-                    .max(1);
-                ((model.config().max_cache_size / largest) as usize)
-                    .saturating_sub(1)
-                    .max(1)
-            }
+            Ahead::Deep => model.max_lookahead().max(1),
         }
     }
 }

@@ -557,8 +557,15 @@ impl MappedModel {
     /// through uneven compute; more only ties up budget earlier (and with
     /// `prefetch_threads` reads in flight at once, the rest queue anyway).
     pub fn default_lookahead(&self) -> usize {
+        self.max_lookahead().min(4)
+    }
+
+    /// The deepest read-ahead the budget holds: as many of the largest
+    /// layers as fit beside the one the consumer holds (0 when fewer than
+    /// two fit). Reading further ahead only evicts what is needed sooner.
+    pub fn max_lookahead(&self) -> usize {
         let fit = (self.shared.budget.max() / self.largest_footprint()) as usize;
-        fit.saturating_sub(1).min(4)
+        fit.saturating_sub(1)
     }
 
     /// The budget charge of the model's largest layer (at least 1).
