@@ -25,6 +25,12 @@ pub(crate) struct LayerMeta {
     /// Set by every fetch; the cache replays set flags into the eviction
     /// policy before it evicts (so hits take no lock).
     pub(crate) accessed: AtomicBool,
+    /// A prefetch of this layer is queued for a permit and has not started:
+    /// another `prefetch` call adds nothing (see `Shared::prefetch`).
+    pub(crate) prefetch_queued: AtomicBool,
+    /// `access_count` at the latest `prefetch` call: a queued prefetch that
+    /// finds the count higher when its turn comes was satisfied by a fetch.
+    pub(crate) prefetch_asked_at: AtomicU64,
 }
 
 impl LayerMeta {
@@ -36,6 +42,8 @@ impl LayerMeta {
             access_count: AtomicU64::new(0),
             live: AtomicUsize::new(0),
             accessed: AtomicBool::new(false),
+            prefetch_queued: AtomicBool::new(false),
+            prefetch_asked_at: AtomicU64::new(0),
         }
     }
 

@@ -27,6 +27,7 @@ on_all_backends!(
     prefetches_in_flight_never_exceed_prefetch_threads,
     prefetch_makes_the_next_fetch_a_hit,
     prefetch_never_evicts_an_unused_prefetch,
+    a_queued_prefetch_is_one_task_and_a_fetch_satisfies_it,
     a_layer_larger_than_the_budget_is_an_error,
     bad_indices_and_closed_models_are_errors,
     handles_outlive_close,
@@ -457,6 +458,55 @@ async fn prefetch_never_evicts_an_unused_prefetch(backend: Backend) {
     // A demand fetch may evict them; that counts as a wasted prefetch.
     drop(model.layer(3).await.unwrap());
     assert_eq!(model.stats().prefetch_wasted, 1);
+}
+
+async fn a_queued_prefetch_is_one_task_and_a_fetch_satisfies_it(backend: Backend) {
+    let m = TestModel::new(4, 64 * KIB);
+    let model = m
+        .open(MmapConfig {
+            prefetch_threads: 1,
+            ..config(backend, 1 << 20)
+        })
+        .await;
+    let tasks = tokio::runtime::Handle::current().metrics();
+    let idle = tasks.num_alive_tasks();
+    // Layer 0's read waits until the test lets it go; the others go on.
+    let hold = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (h, flag) = (Arc::clone(&hold), Arc::clone(&held));
+    model.set_read_gate(Arc::new(move |layer| {
+        let (hold, held) = (Arc::clone(&h), Arc::clone(&flag));
+        Box::pin(async move {
+            if layer == 0 {
+                held.store(true, SeqCst);
+                hold.acquire().await.unwrap().forget();
+            }
+        })
+    }));
+    // Layer 0's prefetch takes the only permit and keeps it while held;
+    // layer 1's is asked for at every step of a window, as a caller's loop
+    // does, and queues once.
+    assert!(model.prefetch(0).is_ok());
+    eventually("layer 0's read is held", || held.load(SeqCst)).await;
+    for _ in 0..5 {
+        assert!(matches!(model.prefetch(1), Ok(hyperion::Prefetch::Queued)));
+    }
+    assert!(model.prefetch(2).is_ok());
+    // The caller gets to layer 1 before its prefetch's turn: the fetch reads
+    // it, and the caller is done with it.
+    m.check(1, &model.layer(1).await.unwrap());
+    model.release(1).unwrap();
+    // Layer 1's queued prefetch then reads nothing (it would read the layer
+    // again for no one); layer 2's goes ahead.
+    hold.add_permits(1);
+    eventually("every prefetch task has ended", || {
+        tasks.num_alive_tasks() == idle
+    })
+    .await;
+    let s = model.stats();
+    assert_eq!((s.reads, s.prefetch_issued), (3, 2), "{s:?}");
+    assert!(!model.descriptor(1).unwrap().cached);
+    assert!(model.descriptor(2).unwrap().cached);
 }
 
 async fn a_layer_larger_than_the_budget_is_an_error(backend: Backend) {

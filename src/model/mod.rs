@@ -369,6 +369,11 @@ impl MappedModel {
     /// a higher priority or one prefetched and not yet used: if it finds no
     /// room when its turn comes it is dropped (counted in
     /// [`Stats::prefetch_skipped`]), and a later fetch reads the layer.
+    /// Asking again for a layer whose prefetch is still queued adds nothing,
+    /// so a loop may ask for its whole window at every step; and a queued
+    /// prefetch whose layer is fetched before its turn (the fetch reads the
+    /// layer itself) is dropped, so a layer used and released is not read
+    /// again for no one.
     ///
     /// # Errors
     /// [`Error::PrefetchDisabled`] when the model was opened with
