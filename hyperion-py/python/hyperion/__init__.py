@@ -87,7 +87,7 @@ def load_file(
             and past ``lease-break-time`` x 128 MiB/s of shared bytes, the
             layers are read with ``backend`` as with ``False``. The arrays
             are writable either way. Default ``True``: no fresh memory to
-            zero, so cold loads ran about 5x and warm ones over 100x faster
+            zero, so cold loads ran 2.9-5.5x and warm ones over 100x faster
             than with ``False`` on the machine of docs/python.md's figures.
 
     Returns:
