@@ -59,18 +59,37 @@ def load_hyperion_pt(path):
     return (held, *peers.sum_all(held.values(), peers.touch_torch))
 
 
+def load_hyperion_np_copy(path):
+    import hyperion
+
+    held = hyperion.load_file(path, share_page_cache=False)
+    return (held, *peers.sum_all(held.values(), peers.touch_np))
+
+
+def load_hyperion_pt_copy(path):
+    import hyperion
+
+    held = hyperion.load_file(path, framework="pt", share_page_cache=False)
+    return (held, *peers.sum_all(held.values(), peers.touch_torch))
+
+
 PEERS = ["st_numpy_load_file", "st_torch_load_file", "runai", "runai_c16"]
 
 LOADERS = {
     "hyperion_np": load_hyperion_np,
     "hyperion_pt": load_hyperion_pt,
+    "hyperion_np_copy": load_hyperion_np_copy,
+    "hyperion_pt_copy": load_hyperion_pt_copy,
     **{name: peers.LOADERS[name.removesuffix("_c16")] for name in PEERS},
 }
 
 DESCRIPTIONS = {
-    "hyperion_rust": "`hyperion load FILE` (the Rust CLI, same read path, no Python): what the package adds to",
-    "hyperion_np": 'hyperion.load_file(path) (framework="np"): io_uring O_DIRECT, arrays over the read buffers',
+    "hyperion_rust": "`hyperion load FILE` (the Rust CLI, the copy path, no Python)",
+    "hyperion_rust_shared": "`hyperion load --share-page-cache --share-cold FILE` (the Rust CLI, load_file's default path, no Python)",
+    "hyperion_np": 'hyperion.load_file(path) (framework="np"): arrays over the page cache\'s pages (share_page_cache, the default)',
     "hyperion_pt": 'hyperion.load_file(path, framework="pt"): the same, as torch tensors',
+    "hyperion_np_copy": 'hyperion.load_file(path, share_page_cache=False): io_uring O_DIRECT, arrays over the read buffers',
+    "hyperion_pt_copy": 'hyperion.load_file(path, framework="pt", share_page_cache=False): io_uring O_DIRECT, torch tensors over the read buffers',
     **{name: peers.DESCRIPTIONS[name] for name in PEERS},
 }
 
@@ -78,6 +97,8 @@ DESCRIPTIONS = {
 IMPORTS = {
     "hyperion_np": ["numpy", "hyperion"],
     "hyperion_pt": ["numpy", "torch", "hyperion"],
+    "hyperion_np_copy": ["numpy", "hyperion"],
+    "hyperion_pt_copy": ["numpy", "torch", "hyperion"],
     **{name: peers.IMPORTS[name.removesuffix("_c16")] for name in PEERS},
 }
 
@@ -108,9 +129,10 @@ def one_run(loader, args, state, workdir, run_id):
     env = dict(os.environ)
     if loader == "runai_c16":
         env["RUNAI_STREAMER_CONCURRENCY"] = "16"
-    if loader == "hyperion_rust":
+    if loader in ("hyperion_rust", "hyperion_rust_shared"):
         time.sleep(settle)
-        return peers.spawn(loader, state, [args.hyperion, "load", "--json", args.file], env, None)
+        shared = ["--share-page-cache", "--share-cold"] if loader == "hyperion_rust_shared" else []
+        return peers.spawn(loader, state, [args.hyperion, "load", "--json", *shared, args.file], env, None)
     result = os.path.join(workdir, f"{run_id}.json")
     cmd = [sys.executable, os.path.abspath(__file__), "load", loader, args.file, "--result", result]
     cmd += ["--settle", str(settle)]

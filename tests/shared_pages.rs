@@ -216,3 +216,88 @@ async fn views_that_outlive_the_model_keep_the_lease() {
         m.check(i, w.bytes());
     }
 }
+
+/// Drops the file's pages from the page cache, so every layer is cold.
+fn drop_cache(m: &TestModel) {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(&m.path).unwrap();
+    file.sync_all().unwrap();
+    // SAFETY: `posix_fadvise` on a descriptor we hold open; a hint that
+    // changes no byte of the file.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0);
+}
+
+fn cold_config(backend: Backend) -> MmapConfig {
+    MmapConfig {
+        share_cold_layers: true,
+        ..shared_config(backend)
+    }
+}
+
+/// `share_cold_layers`: layers not in the page cache are read into it
+/// through the leased mapping and shared too, with their exact bytes (and
+/// checksums verified on them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_layers_are_read_through_the_page_cache_and_shared() {
+    for backend in [Backend::Auto, Backend::Pread] {
+        let m = TestModel::new(8, 300 * KIB);
+        drop_cache(&m);
+        let model = m.open(cold_config(backend)).await;
+        let held = fetch_all(&model).await;
+        for (i, w) in held.iter().enumerate() {
+            m.check(i, w.bytes());
+            assert!(w.is_mapped() || model.stats().page_cache_shared_bytes == 0);
+        }
+        leases_granted(&model, &m);
+        assert_eq!(model.stats().misses, 8);
+    }
+}
+
+/// The same lease protects layers shared cold: a cut under held views
+/// waits for the copy-out, and every held byte stays the file's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncating_under_cold_shared_views_never_faults() {
+    for writable in [false, true] {
+        let m = TestModel::new(6, 512 * KIB + 100);
+        drop_cache(&m);
+        let config = MmapConfig {
+            share_writable: writable,
+            ..cold_config(Backend::Auto)
+        };
+        let model = m.open(config).await;
+        let held = fetch_all(&model).await;
+        if !leases_granted(&model, &m) {
+            return;
+        }
+        common::truncate(&m.path, 4096);
+        for (i, w) in held.iter().enumerate() {
+            m.check(i, w.bytes());
+        }
+        let last = model.layer_count() - 1;
+        model.release(last).unwrap();
+        drop(held);
+        assert!(matches!(
+            model.layer(last).await,
+            Err(Error::Truncated { .. })
+        ));
+    }
+}
+
+/// Without `share_cold_layers`, or past the cap, cold layers are copied;
+/// with it, a layer already cached and a cold one are both shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn share_cold_layers_needs_share_page_cache() {
+    let m = TestModel::new(4, 256 * KIB);
+    drop_cache(&m);
+    let config = MmapConfig {
+        share_cold_layers: true,
+        ..config(Backend::Auto, 64 << 20)
+    };
+    let model = m.open(config).await;
+    for (i, w) in fetch_all(&model).await.iter().enumerate() {
+        m.check(i, w.bytes());
+        assert!(!w.is_mapped());
+    }
+    assert_eq!(model.stats().page_cache_shared_bytes, 0);
+}

@@ -48,6 +48,16 @@ pub struct Args {
     /// (`share_page_cache: true`): views under a read lease, never SIGBUS.
     #[arg(long)]
     pub share_page_cache: bool,
+    /// With --share-page-cache, share the layers not in the page cache too,
+    /// read into it through the file mapping (`share_cold_layers: true`)
+    /// instead of copied into fresh memory.
+    #[arg(long, requires = "share_page_cache")]
+    pub share_cold: bool,
+    /// With --share-page-cache, make the shared views writable (privately,
+    /// copy on write: `share_writable: true`), as the Python package's
+    /// `load_file` does.
+    #[arg(long, requires = "share_page_cache")]
+    pub share_writable: bool,
     /// The read backend.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
@@ -211,6 +221,8 @@ async fn load_async(
         backend: args.backend.into(),
         direct_io: !args.buffered,
         share_page_cache: args.share_page_cache,
+        share_cold_layers: args.share_cold,
+        share_writable: args.share_writable,
         ..defaults
     };
     let model = MappedModel::open(path, config).await?;

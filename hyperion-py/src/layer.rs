@@ -286,6 +286,14 @@ impl Layer {
         self.weights.len()
     }
 
+    /// Whether the layer's bytes are a view of a mapping of the file (the
+    /// page cache's own pages, `share_page_cache=True`, or
+    /// `backend="mmap"`) rather than a buffer they were read into.
+    #[getter]
+    fn mapped(&self) -> bool {
+        self.weights.is_mapped()
+    }
+
     /// The address of the layer's first byte: every tensor array of the
     /// layer points inside `[address, address + nbytes)`.
     #[getter]

@@ -55,7 +55,7 @@ fn layer_index(py: Python<'_>, model: &MappedModel, i: i64) -> PyResult<usize> {
 /// Opens a model; `hyperion.open` documents the arguments.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (path, convert, budget, prefetch_threads, adaptive, backend, verify, direct_io, memory_wait))]
+#[pyo3(signature = (path, convert, budget, prefetch_threads, adaptive, backend, verify, direct_io, memory_wait, share_page_cache))]
 pub fn open_model(
     py: Python<'_>,
     path: PathBuf,
@@ -67,6 +67,7 @@ pub fn open_model(
     verify: bool,
     direct_io: bool,
     memory_wait: f64,
+    share_page_cache: bool,
 ) -> PyResult<Model> {
     let defaults = MmapConfig::default();
     if !(memory_wait.is_finite() && memory_wait >= 0.0) {
@@ -85,6 +86,10 @@ pub fn open_model(
         verify_checksums: verify,
         direct_io,
         memory_wait_timeout: Duration::from_secs_f64(memory_wait),
+        // Cached layers and cold ones alike (read through the page cache);
+        // the arrays are read-only, so the views are too.
+        share_page_cache,
+        share_cold_layers: share_page_cache,
         ..defaults
     };
     let model = runtime::wait(py, MappedModel::open(&path, config)).map_err(|e| to_py(py, e))?;
@@ -261,6 +266,7 @@ impl Model {
             ("reads", s.reads),
             ("bytes_read", s.bytes_read),
             ("page_cache_bytes", s.page_cache_bytes),
+            ("page_cache_shared_bytes", s.page_cache_shared_bytes),
             ("read_nanos", s.read_nanos),
             ("read_busy_nanos", s.read_busy_nanos),
             ("evictions", s.evictions),

@@ -141,9 +141,12 @@ impl Drop for MappedView {
         if last <= first {
             return;
         }
-        // SAFETY: MADV_DONTNEED on a read-only shared file mapping only drops
-        // this process's page-table entries; any later access faults the same
-        // file bytes back in, so no live reference can observe changed data.
+        // SAFETY: MADV_DONTNEED on a file mapping only drops this process's
+        // page-table entries (and, in a private mapping made writable for
+        // `share_writable`, the private copies of pages written: the writes
+        // of the views of this layer, none of which is left); any later
+        // access faults the same file bytes back in, so no live reference can
+        // observe changed data.
         // The range lies inside the map. If a lease break replaced these
         // pages with an anonymous copy (`io/shared.rs`), they read as zeros
         // afterwards; but no one reads them again: the pages lie wholly

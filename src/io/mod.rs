@@ -80,7 +80,13 @@ pub(crate) async fn open_backend(
     // maps everything anyway.
     if config.share_page_cache && engine.kind() != Backend::Mmap {
         // A few system calls per file and one thread: quick enough to make here.
-        let shared = shared::SharedBackend::open(files, engine, page_cache_shared_bytes);
+        let shared = shared::SharedBackend::open(
+            files,
+            engine,
+            page_cache_shared_bytes,
+            config.share_cold_layers,
+            config.share_writable,
+        );
         return Ok(Arc::new(shared));
     }
     Ok(engine)

@@ -2,9 +2,17 @@
 //! (`MmapConfig::share_page_cache`), without the mmap engine's `SIGBUS`.
 //!
 //! A layer whose bytes are in the page cache already is returned as a view
-//! into a read-only mapping of the file: no copy, no fresh memory, as the
-//! mmap-based Python loaders do. Every other layer is read by the copying
-//! engine this one wraps (io_uring / pread).
+//! into a private, read-only mapping of the file: no copy, no fresh memory,
+//! as the mmap-based Python loaders do. Every other layer is read by the
+//! copying engine this one wraps (io_uring / pread), unless
+//! `MmapConfig::share_cold_layers` is set: then a cold layer is read
+//! *through* the page cache (`MADV_WILLNEED` readahead of its window, then
+//! `MADV_POPULATE_READ`) and shared the same way, so a whole load needs no
+//! fresh anonymous memory at all (the disk fills page-cache pages, which the
+//! guest does not zero). With `MmapConfig::share_writable` each view's
+//! window is made writable (`mprotect`): the mapping is private, so a
+//! written page becomes an anonymous copy and the file never changes, as
+//! with the private mappings `safetensors.torch.load_file` returns.
 //!
 //! # Why it cannot `SIGBUS`
 //! Each file is mapped only while Hyperion holds a **read lease** on it
@@ -32,7 +40,12 @@
 //! cannot get memory keeps the lease (the writer keeps waiting) and is
 //! retried on the next poll. A disk error while a shared page is faulted
 //! back in after reclaim raises `SIGBUS` as for any mapping; a page being
-//! populated or copied is in the page cache already.
+//! populated or copied is in the page cache already (a disk error while a
+//! cold layer is populated is the populate call's error: `Error::Io`). In a
+//! writable view, a write by another thread between the copy-out's copy and
+//! its `mremap` is lost (the copy predates it); a window made writable is
+//! charged to the kernel's overcommit accounting, and where that is refused
+//! the layer is copied.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -44,7 +57,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapOptions};
 use parking_lot::Mutex;
 
 use super::ReadBackend;
@@ -78,6 +91,12 @@ pub(crate) struct SharedBackend {
     limit: u64,
     /// `Stats::page_cache_shared_bytes`.
     shared_bytes: Arc<AtomicU64>,
+    /// `MmapConfig::share_cold_layers`: share layers not in the page cache
+    /// too, read into it through the mapping.
+    cold: bool,
+    /// `MmapConfig::share_writable`: each view's window is made writable
+    /// (the mapping is private: writes go to anonymous copies of the pages).
+    writable: bool,
 }
 
 /// One leased, mapped file.
@@ -97,8 +116,8 @@ struct State {
     broken: bool,
     released: bool,
     next_id: u64,
-    /// The windows of live views, by view.
-    windows: BTreeMap<u64, Range<usize>>,
+    /// The windows of live views, by view, and whether each is writable.
+    windows: BTreeMap<u64, (Range<usize>, bool)>,
 }
 
 /// Held by a view of a shared file: keeps the file (and its lease) alive
@@ -120,10 +139,14 @@ impl Drop for ShareGuard {
 impl SharedBackend {
     /// Wraps `copy`, sharing the cached layers of every file of `paths` on
     /// which a lease can be taken.
+    /// With `cold`, layers not in the page cache are shared too: read into it
+    /// through the mapping; with `writable`, views may be written (privately).
     pub(crate) fn open(
         paths: &[Arc<Path>],
         copy: Arc<dyn ReadBackend>,
         shared_bytes: Arc<AtomicU64>,
+        cold: bool,
+        writable: bool,
     ) -> SharedBackend {
         let secs = lease::lease_break_secs().unwrap_or(0);
         let mut files = vec![None; paths.len()];
@@ -144,19 +167,25 @@ impl SharedBackend {
             live: Arc::new(AtomicU64::new(0)),
             limit: secs.saturating_mul(COPY_RATE_FLOOR),
             shared_bytes,
+            cold,
+            writable,
         }
     }
 
     /// The view of `spec`'s one range if it can be shared now: the file is
-    /// leased and not being broken, the range is cached (sampled) and within
-    /// the file, and the cap leaves room. Registers the window.
-    fn try_share(&self, spec: &LayerSpec) -> Option<(Arc<SharedFile>, Range<usize>, ShareGuard)> {
+    /// leased and not being broken, the range is within the file and cached
+    /// (sampled) or `cold` sharing is on, and the cap leaves room. Registers
+    /// the window. The flag says whether the range looked cached.
+    fn try_share(&self, spec: &LayerSpec) -> Option<Share> {
         let [r] = spec.ranges.as_slice() else {
             return None;
         };
         let file = self.files[r.file].as_ref()?;
-        if r.len == 0 || r.end() > file.map.len() as u64 || !file.residency.cached(r.offset, r.len)
-        {
+        if r.len == 0 || r.end() > file.map.len() as u64 {
+            return None;
+        }
+        let cached = file.residency.cached(r.offset, r.len);
+        if !cached && !self.cold {
             return None;
         }
         let start = align_down(r.offset, BLOCK) as usize;
@@ -172,9 +201,19 @@ impl SharedBackend {
             self.live.fetch_sub(bytes, Relaxed);
             return None;
         }
+        if self.writable {
+            // Under the state lock, so a copy-out cannot run between this and
+            // the window's registration. Refused (overcommit), it is copied.
+            if let Err(e) = lease::make_writable(&file.map, start..end) {
+                drop(state);
+                self.live.fetch_sub(bytes, Relaxed);
+                tracing::debug!(path = %file.path.display(), error = %e, "cannot make a shared window writable: the layer is copied");
+                return None;
+            }
+        }
         let id = state.next_id;
         state.next_id += 1;
-        state.windows.insert(id, start..end);
+        state.windows.insert(id, (start..end, self.writable));
         drop(state);
         let guard = ShareGuard {
             file: Arc::clone(file),
@@ -182,8 +221,22 @@ impl SharedBackend {
             bytes,
             live: Arc::clone(&self.live),
         };
-        Some((Arc::clone(file), start..end, guard))
+        Some(Share {
+            file: Arc::clone(file),
+            window: start..end,
+            guard,
+            cached,
+        })
     }
+}
+
+/// A window [`SharedBackend::try_share`] registered.
+struct Share {
+    file: Arc<SharedFile>,
+    window: Range<usize>,
+    guard: ShareGuard,
+    /// The range looked cached; if not, readahead is started first.
+    cached: bool,
 }
 
 impl ReadBackend for SharedBackend {
@@ -198,7 +251,13 @@ impl ReadBackend for SharedBackend {
         charge: Charge,
         verify: Option<Verify>,
     ) -> BoxFuture<'static, Result<LayerBytes>> {
-        let Some((file, window, guard)) = self.try_share(spec) else {
+        let Some(Share {
+            file,
+            window,
+            guard,
+            cached,
+        }) = self.try_share(spec)
+        else {
             return self.copy.read(layer, spec, charge, verify);
         };
         let r = spec.ranges[0];
@@ -215,8 +274,23 @@ impl ReadBackend for SharedBackend {
                     charge,
                     guard,
                 );
+                if !cached {
+                    // The whole window's reads go to the disk at once
+                    // (readahead into the page cache); populating then
+                    // waits for them instead of faulting page by page.
+                    view.will_need();
+                }
                 view.populate()
                     .map_err(|e| Error::io(&file.path, format!("page in layer {layer}"), e))?;
+                if !cached {
+                    // One read per page, now, while the next layers' reads
+                    // are in flight. On these VMs the first access to a page
+                    // the disk just filled costs a host-level fault even
+                    // though it is mapped (a 2 GiB load's first touch took
+                    // 1.3-1.7 s after the load, 0.17 s warm); done here it
+                    // overlaps the disk instead of following it.
+                    view.page_in();
+                }
                 Ok::<_, Error>(LayerBytes {
                     start: r.offset as usize - view.window_start(),
                     len: r.len as usize,
@@ -245,12 +319,14 @@ impl SharedFile {
             // view (a range past it was cut before the lease: it is copied,
             // and the copy reports the truncation).
             let residency = Residency::map(&file)?;
-            // SAFETY: a read-only mapping we never write through. The file
-            // cannot be truncated while the lease is held, and before the
-            // lease is released every live view's pages are replaced by a
-            // copy (`SharedFile::give_up`), so no access through this
-            // mapping can fault past the end of the file.
-            let map = unsafe { Mmap::map(&file) }?;
+            // SAFETY: a private read-only mapping (MAP_PRIVATE: a window
+            // made writable for `share_writable` gets anonymous copies of the
+            // pages it writes, never the file's). The file cannot be
+            // truncated while the lease is held, and before the lease is
+            // released every live view's pages are replaced by a copy
+            // (`SharedFile::give_up`), so no access through this mapping can
+            // fault past the end of the file.
+            let map = unsafe { MmapOptions::new().map_copy_read_only(&file) }?;
             Ok(SharedFile {
                 path: Arc::clone(path),
                 file,
@@ -284,18 +360,22 @@ impl SharedFile {
             return;
         }
         state.broken = true;
-        // The union of the live windows, each copied once.
-        let mut windows: Vec<Range<usize>> = state.windows.values().cloned().collect();
-        windows.sort_by_key(|w| w.start);
-        let mut merged: Vec<Range<usize>> = Vec::new();
-        for w in windows {
+        // The union of the live windows, each copied once; a merged window
+        // is writable if any of its views is.
+        let mut windows: Vec<(Range<usize>, bool)> = state.windows.values().cloned().collect();
+        windows.sort_by_key(|(w, _)| w.start);
+        let mut merged: Vec<(Range<usize>, bool)> = Vec::new();
+        for (w, writable) in windows {
             match merged.last_mut() {
-                Some(last) if w.start <= last.end => last.end = last.end.max(w.end),
-                _ => merged.push(w),
+                Some((last, any)) if w.start <= last.end => {
+                    last.end = last.end.max(w.end);
+                    *any |= writable;
+                }
+                _ => merged.push((w, writable)),
             }
         }
-        for w in merged {
-            if let Err(e) = lease::replace_with_copy(&self.map, w) {
+        for (w, writable) in merged {
+            if let Err(e) = lease::replace_with_copy(&self.map, w, writable) {
                 // Keep the lease: the writer waits, and the next poll retries.
                 tracing::warn!(path = %self.path.display(), error = %e, "cannot copy shared pages out before a lease break; retrying");
                 return;

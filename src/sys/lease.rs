@@ -156,14 +156,47 @@ pub(crate) fn populate_read(map: &Mmap, range: Range<usize>) -> io::Result<bool>
     Err(e)
 }
 
-/// Replaces the pages of `range` of the read-only file mapping `map` with a
-/// private anonymous copy of the same bytes, in one `mremap`: after it,
-/// those addresses no longer depend on the file (a truncation cannot make
-/// them fault) and read exactly what they read before.
+/// Makes `range` of the private file mapping `map` writable
+/// (`mprotect`): a write then gives the written page an anonymous copy
+/// (copy on write), and the file and its page cache never change.
+///
+/// `map` must be a private mapping (`MAP_PRIVATE`) and `range.start`
+/// page-aligned.
+pub(crate) fn make_writable(map: &Mmap, range: Range<usize>) -> io::Result<()> {
+    assert!(range.start <= range.end && range.end <= map.len());
+    if range.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: the range lies inside the live mapping (asserted above) and
+    // starts on a page (the callers' windows do); mprotect rounds its end up
+    // to the page, still inside the mapping. Adding PROT_WRITE to a private
+    // mapping changes no byte and no mapping: only what a later write does
+    // (copy the page, then write the copy). Rust code never writes through
+    // it; the writer is the caller's caller (Python arrays over the view).
+    let rc = unsafe {
+        libc::mprotect(
+            map.as_ptr().add(range.start) as *mut libc::c_void,
+            range.len(),
+            libc::PROT_READ | libc::PROT_WRITE,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Replaces the pages of `range` of the file mapping `map` with a private
+/// anonymous copy of the same bytes, in one `mremap`: after it, those
+/// addresses no longer depend on the file (a truncation cannot make them
+/// fault) and read exactly what they read before. The copy is writable if
+/// `writable` (the range was: `make_writable`), else read-only.
 ///
 /// The caller must hold the file's read lease (so the copy reads the file's
-/// bytes, not a hole), and `range.start` must be page-aligned.
-pub(crate) fn replace_with_copy(map: &Mmap, range: Range<usize>) -> io::Result<()> {
+/// bytes, not a hole), and `range.start` must be page-aligned. A write into
+/// a writable range by another thread between the copy and the `mremap` is
+/// lost (the copy predates it).
+pub(crate) fn replace_with_copy(map: &Mmap, range: Range<usize>, writable: bool) -> io::Result<()> {
     assert!(range.start <= range.end && range.end <= map.len());
     if range.is_empty() {
         return Ok(());
@@ -197,8 +230,10 @@ pub(crate) fn replace_with_copy(map: &Mmap, range: Range<usize>) -> io::Result<(
     // none lies past the end of the file). The two do not overlap.
     unsafe {
         std::ptr::copy_nonoverlapping(dst as *const u8, anon as *mut u8, range.len());
-        // The file mapping was read-only: keep the copy so.
-        libc::mprotect(anon, len, libc::PROT_READ);
+        // As the range was: read-only unless made writable.
+        if !writable {
+            libc::mprotect(anon, len, libc::PROT_READ);
+        }
     }
     // SAFETY: moves our anonymous mapping onto `dst..dst + len`, pages of
     // our own file mapping (see above). The kernel unmaps the destination

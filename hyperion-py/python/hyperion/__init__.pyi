@@ -36,6 +36,7 @@ def load_file(
     names: Iterable[str] | None = None,
     budget: int | None = None,
     backend: BackendName = "auto",
+    share_page_cache: bool = True,
 ) -> TensorDict: ...
 def open(
     path: str | os.PathLike[str],
@@ -48,6 +49,7 @@ def open(
     framework: Framework = "np",
     direct_io: bool = True,
     memory_wait: float = 1.0,
+    share_page_cache: bool = False,
 ) -> Model: ...
 
 class TensorBuffer:
@@ -80,6 +82,8 @@ class Layer(Mapping[str, Array]):
     def index(self) -> int: ...
     @property
     def nbytes(self) -> int: ...
+    @property
+    def mapped(self) -> bool: ...
     @property
     def address(self) -> int: ...
 
