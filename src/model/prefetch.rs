@@ -74,7 +74,7 @@ impl Shared {
                 if shared.closed.load(Relaxed) || shared.cache.contains(layer) || fetched_since {
                     return;
                 }
-                let priority = shared.metas[layer].priority();
+                let priority = meta.priority();
                 let charge = match shared.reserve(layer, Origin::Prefetch, priority).await {
                     Ok(charge) => charge,
                     Err(_) => {
