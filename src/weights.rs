@@ -100,6 +100,23 @@ impl LayerWeights {
         matches!(self.data().bytes.storage, Storage::Mapped(_))
     }
 
+    /// Whether the memory under the bytes may be written without a fault:
+    /// `true` for a buffer the layer was read into, and for a view of the
+    /// page cache made writable ([`MmapConfig::share_writable`]: a private
+    /// mapping, so a write copies the page and never reaches the file);
+    /// `false` for a view of a read-only mapping (the mmap backend, or a
+    /// shared view without `share_writable`). This crate never writes
+    /// through it; bindings that hand the memory to another language (the
+    /// Python package's writable arrays) ask it before they do.
+    ///
+    /// [`MmapConfig::share_writable`]: crate::MmapConfig::share_writable
+    pub fn is_writable(&self) -> bool {
+        match &self.data().bytes.storage {
+            Storage::Heap(_) => true,
+            Storage::Mapped(view) => view.is_writable(),
+        }
+    }
+
     /// The tensor called `name`, if the layer has one.
     pub fn tensor(&self, name: &str) -> Option<TensorView<'_>> {
         self.tensors().find(|t| t.name() == name)

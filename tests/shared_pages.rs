@@ -301,3 +301,46 @@ async fn share_cold_layers_needs_share_page_cache() {
     }
     assert_eq!(model.stats().page_cache_shared_bytes, 0);
 }
+
+/// `LayerWeights::is_writable`, which bindings ask before handing the
+/// memory out as writable: read buffers and views made writable are;
+/// views of a read-only mapping (the mmap engine, a shared view without
+/// `share_writable`) are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn is_writable_tells_read_only_mappings_apart() {
+    let m = TestModel::new(4, 256 * KIB);
+    warm(&m);
+    let cases = [
+        ("read buffers", config(Backend::Auto, 64 << 20), Some(true)),
+        ("mmap engine", config(Backend::Mmap, 64 << 20), Some(false)),
+        ("shared", shared_config(Backend::Auto), None),
+        (
+            "shared writable",
+            MmapConfig {
+                share_writable: true,
+                ..shared_config(Backend::Auto)
+            },
+            None,
+        ),
+    ];
+    for (what, config, expected) in cases {
+        let writable_share = config.share_writable;
+        let model = m.open(config).await;
+        let held = fetch_all(&model).await;
+        let expected = match expected {
+            Some(e) => e,
+            // A shared view is writable with `share_writable`; where the
+            // lease was refused the layer was copied (a buffer, writable).
+            None if leases_granted(&model, &m) => writable_share,
+            None => true,
+        };
+        for w in &held {
+            assert_eq!(
+                w.is_writable(),
+                expected,
+                "{what}: layer {}",
+                w.layer_index()
+            );
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use futures::StreamExt;
-use hyperion::{Backend, Error, MappedModel, MmapConfig};
+use hyperion::{Error, MappedModel, MmapConfig};
 use pyo3::prelude::*;
 
 use crate::errors::{self, to_py};
@@ -99,9 +99,6 @@ pub fn load_layers(
         },
         ..defaults
     };
-    // Views of the mmap engine's mapping are read-only; the shared ones
-    // (any other engine) were made writable.
-    let mapped_writable = share_page_cache && backend != Backend::Mmap;
     let order: Vec<usize> = wanted.into_iter().collect();
     let loaded = runtime::wait(py, async move {
         let model = MappedModel::open(&path, config).await?;
@@ -117,8 +114,10 @@ pub fn load_layers(
     .map_err(|e| to_py(py, e))?;
     Ok(loaded
         .into_iter()
+        // Read buffers and views made writable (`share_writable`) are
+        // writable arrays; views of the mmap engine's mapping are not.
         .map(|w| {
-            let writable = !w.is_mapped() || mapped_writable;
+            let writable = w.is_writable();
             Layer::new(w, convert.clone_ref(py), writable)
         })
         .collect())

@@ -47,6 +47,9 @@ pub(crate) struct MappedView {
     layer_end: usize,
     /// Set when another live buffer of the same layer still uses these pages.
     pub(crate) keep_pages: bool,
+    /// The window was made writable (`MmapConfig::share_writable`: a
+    /// private mapping, so a write copies the page and never reaches the file).
+    writable: bool,
     _charge: Charge,
     /// For a view of a leased file (`io/shared.rs`): keeps the lease and
     /// registers the window, so a lease break copies its pages out first.
@@ -71,22 +74,31 @@ impl MappedView {
             layer_start: layer.start,
             layer_end: layer.end,
             keep_pages: false,
+            writable: false,
             _charge: charge,
             _share: None,
         }
     }
 
-    /// A view of a leased file's mapping (`io/shared.rs`), holding `share`.
+    /// A view of a leased file's mapping (`io/shared.rs`), holding `share`;
+    /// `writable` when its window was made writable.
     pub(crate) fn shared(
         map: Arc<Mmap>,
         window: Range<usize>,
         layer: Range<usize>,
         charge: Charge,
         share: ShareGuard,
+        writable: bool,
     ) -> Self {
         let mut view = Self::new(map, window, layer, charge);
         view._share = Some(share);
+        view.writable = writable;
         view
+    }
+
+    /// Whether the window's pages may be written (privately).
+    pub(crate) fn is_writable(&self) -> bool {
+        self.writable
     }
 
     /// Where the window starts in the mapping.

@@ -262,6 +262,7 @@ impl ReadBackend for SharedBackend {
         };
         let r = spec.ranges[0];
         let shared_bytes = Arc::clone(&self.shared_bytes);
+        let writable = self.writable;
         async move {
             let path = Arc::clone(&file.path);
             // The charge pays for the view's pages: drop any pooled buffer.
@@ -273,6 +274,7 @@ impl ReadBackend for SharedBackend {
                     r.offset as usize..r.end() as usize,
                     charge,
                     guard,
+                    writable,
                 );
                 if !cached {
                     // The whole window's reads go to the disk at once
