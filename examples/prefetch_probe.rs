@@ -11,13 +11,20 @@
 //! Defaults: a 2 GiB model of 32 MiB layers, a 512 MiB budget, read-ahead
 //! of 2 and of 14 (as far as the budget holds beside the layer in use).
 //! Prints MB/s of each pass and its ratio to the ceiling read just before.
+//!
+//! `PROBE_MODES=fresh,pooled` opens, for each read-ahead, one model of each
+//! mode in turn: `fresh` (the default config; a new model's buffers are new
+//! memory) and `pooled` (the models share one `BufferPool` of the budget's
+//! size, so a new model takes over the buffers the last pooled one left).
+//! `PROBE_SETTLE=S` sleeps S seconds before each model opens: on these VMs
+//! memory freed a few seconds ago has gone back to the host.
 
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::Instant;
 
 use hyperion::buffer::AlignedBuf;
-use hyperion::{synth, MappedModel, MmapConfig};
+use hyperion::{synth, BufferPool, MappedModel, MmapConfig};
 
 const MIB: u64 = 1 << 20;
 
@@ -71,14 +78,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..synth::SynthSpec::default()
         },
     )?;
+    let modes = std::env::var("PROBE_MODES").unwrap_or_else(|_| "fresh".into());
+    let settle: f64 = std::env::var("PROBE_SETTLE").map_or(Ok(0.0), |s| s.parse())?;
+    let pool = BufferPool::new(budget_mib * MIB);
     println!("{layers} layers × {layer_mib} MiB, budget {budget_mib} MiB; MB/s (× the ceiling read just before)");
-    for &ahead in &aheads {
+    for (&ahead, mode) in aheads
+        .iter()
+        .flat_map(|a| modes.split(',').map(move |m| (a, m)))
+    {
         let config = MmapConfig {
             max_cache_size: budget_mib * MIB,
+            buffer_pool: match mode {
+                "fresh" => None,
+                "pooled" => Some(pool.clone()),
+                other => return Err(format!("PROBE_MODES: unknown mode {other}").into()),
+            },
             ..MmapConfig::default()
         };
+        std::thread::sleep(std::time::Duration::from_secs_f64(settle));
         let model = MappedModel::open(&path, config).await?;
-        let mut line = format!("ahead {ahead:>2}:");
+        let mut line = format!("{mode:>6} ahead {ahead:>2}:");
         for pass in 1..=3 {
             hyperion::pagecache::drop_cached_pages(&path)?;
             let bound = ceiling(&path)?;

@@ -36,12 +36,17 @@
 //! - [`Budget::close_pool`] (the model's close) unmaps every idle mapping and
 //!   turns the pool away from then on: buffers dropped after close are
 //!   unmapped.
+//! - With a [`BufferPool`] (`MmapConfig::buffer_pool`), a reservation the
+//!   idle pool cannot serve takes a fitting mapping from that shared pool
+//!   before it charges fresh bytes, and what close would unmap goes to it
+//!   instead (up to its cap): memory kept from one model to the next.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::buffer_pool::BufferPool;
 use crate::sys::memory::Mapping;
 
 use parking_lot::Mutex;
@@ -65,6 +70,8 @@ pub(crate) struct Budget {
     /// Fetches waiting for memory; when non-zero, dropping a handle wakes them
     /// (the layer it held may now be evictable).
     waiters: AtomicUsize,
+    /// Buffers shared with other models (`MmapConfig::buffer_pool`).
+    shared: Option<BufferPool>,
 }
 
 #[derive(Debug, Default)]
@@ -129,12 +136,13 @@ pub(crate) struct Snapshot {
 }
 
 impl Budget {
-    pub(crate) fn new(max: u64) -> Arc<Self> {
+    pub(crate) fn new(max: u64, shared: Option<BufferPool>) -> Arc<Self> {
         Arc::new(Budget {
             max,
             state: Mutex::new(State::default()),
             changed: Notify::new(),
             waiters: AtomicUsize::new(0),
+            shared,
         })
     }
 
@@ -188,6 +196,24 @@ impl Budget {
                     });
                 }
                 if s.used + bytes <= self.max {
+                    // Memory another model left in the shared pool, already
+                    // faulted in, before fresh memory. The pool never takes
+                    // a budget's lock, so this order cannot deadlock.
+                    let room = self.max - s.used;
+                    if let Some((charged, map)) = self
+                        .shared
+                        .as_ref()
+                        .and_then(|p| p.take_fitting(bytes, room))
+                    {
+                        s.used += charged;
+                        s.peak = s.peak.max(s.used);
+                        s.reuses += 1;
+                        return Some(Charge {
+                            budget: Arc::clone(self),
+                            bytes: charged,
+                            pooled: Some(map),
+                        });
+                    }
                     s.used += bytes;
                     s.peak = s.peak.max(s.used);
                     return Some(Charge {
@@ -217,24 +243,38 @@ impl Budget {
         }
     }
 
-    /// Puts `map`, charged `bytes`, in the idle pool; gives it back if the
-    /// pool is closed.
-    fn put_idle(&self, bytes: u64, map: Mapping) -> Result<(), Mapping> {
+    /// Puts `map`, charged `bytes`, in the idle pool, still charged. If the
+    /// pool is closed, hands it to the shared pool or unmaps it, and returns
+    /// the bytes.
+    fn put_idle(&self, bytes: u64, map: Mapping) {
         {
             let mut s = self.state.lock();
-            if s.pool_closed {
-                return Err(map);
+            if !s.pool_closed {
+                s.idle += bytes;
+                s.pool.entry(bytes).or_default().push(map);
+                drop(s);
+                // A fetch waiting for memory can take or reclaim it.
+                self.changed.notify_waiters();
+                return;
             }
-            s.idle += bytes;
-            s.pool.entry(bytes).or_default().push(map);
         }
-        // A fetch waiting for memory can take or reclaim it.
-        self.changed.notify_waiters();
-        Ok(())
+        self.give_away(bytes, map);
+        self.release(bytes);
     }
 
-    /// Unmaps every idle mapping and returns its bytes; buffers dropped
-    /// from now on are unmapped instead of pooled.
+    /// Hands `map` (charged `bytes`) to the shared pool if there is one,
+    /// else unmaps it. The caller returns the bytes afterwards, so the
+    /// budget never counts less than is mapped for it.
+    fn give_away(&self, bytes: u64, map: Mapping) {
+        match &self.shared {
+            Some(shared) => shared.keep(bytes, map),
+            None => drop(map),
+        }
+    }
+
+    /// Unmaps every idle mapping (or hands it to the shared pool) and
+    /// returns its bytes; buffers dropped from now on go the same way
+    /// instead of to the idle pool.
     pub(crate) fn close_pool(&self) {
         let (pool, bytes) = {
             let mut s = self.state.lock();
@@ -242,7 +282,11 @@ impl Budget {
             let bytes = std::mem::take(&mut s.idle);
             (std::mem::take(&mut s.pool), bytes)
         };
-        drop(pool);
+        for (charged, maps) in pool {
+            for map in maps {
+                self.give_away(charged, map);
+            }
+        }
         self.release(bytes);
     }
 
@@ -316,10 +360,7 @@ impl Charge {
             "a buffer's charge has no other mapping"
         );
         let bytes = std::mem::take(&mut self.bytes);
-        if let Err(map) = self.budget.put_idle(bytes, map) {
-            drop(map);
-            self.budget.release(bytes);
-        }
+        self.budget.put_idle(bytes, map);
     }
 }
 
@@ -328,10 +369,7 @@ impl Drop for Charge {
         // A charge dropped unused gives its pooled mapping back to the pool.
         if let Some(map) = self.pooled.take() {
             let bytes = std::mem::take(&mut self.bytes);
-            if let Err(map) = self.budget.put_idle(bytes, map) {
-                drop(map);
-                self.budget.release(bytes);
-            }
+            self.budget.put_idle(bytes, map);
             return;
         }
         if self.bytes > 0 {
@@ -355,7 +393,7 @@ mod tests {
 
     #[test]
     fn reservations_never_pass_the_limit_and_return_on_drop() {
-        let b = Budget::new(10_000);
+        let b = Budget::new(10_000, None);
         let a = b.try_reserve(6_000).unwrap();
         assert!(b.try_reserve(4_001).is_none());
         let c = b.try_reserve(4_000).unwrap();
@@ -375,7 +413,7 @@ mod tests {
     #[test]
     fn a_pooled_mapping_a_little_longer_is_reused_with_its_charge() {
         const PAGE: u64 = 4096;
-        let b = Budget::new(100 * PAGE);
+        let b = Budget::new(100 * PAGE, None);
         let long = b.try_reserve(17 * PAGE).unwrap();
         long.recycle(Mapping::new(17 * PAGE as usize).unwrap());
         let mut short = b.try_reserve(16 * PAGE).unwrap();
@@ -394,5 +432,55 @@ mod tests {
         assert!(small.take_mapping().is_none(), "2.5× too long: not reused");
         assert_eq!(b.snapshot().live, 16 * PAGE);
         assert_eq!(b.snapshot().idle, 40 * PAGE, "kept idle: there was room");
+    }
+
+    /// Close hands idle mappings to the shared pool (up to its cap) and
+    /// returns their bytes; the next budget takes one over before it
+    /// charges fresh bytes, but never past its own limit.
+    #[test]
+    fn a_shared_pool_carries_mappings_from_one_budget_to_the_next() {
+        const PAGE: u64 = 4096;
+        let pool = BufferPool::new(20 * PAGE);
+        let first = Budget::new(100 * PAGE, Some(pool.clone()));
+        let a = first.try_reserve(16 * PAGE).unwrap();
+        let b = first.try_reserve(16 * PAGE).unwrap();
+        a.recycle(Mapping::new(16 * PAGE as usize).unwrap());
+        b.recycle(Mapping::new(16 * PAGE as usize).unwrap());
+        assert_eq!(first.snapshot().idle, 32 * PAGE);
+        first.close_pool();
+        assert_eq!(first.live(), 0);
+        assert_eq!(first.snapshot().idle, 0);
+        assert_eq!(pool.retained_bytes(), 16 * PAGE, "the cap kept one of two");
+
+        let small = Budget::new(15 * PAGE, Some(pool.clone()));
+        let mut c = small.try_reserve(15 * PAGE).unwrap();
+        assert!(
+            c.take_mapping().is_none(),
+            "charged 16 pages: past the limit"
+        );
+        drop(c);
+        assert_eq!(pool.retained_bytes(), 16 * PAGE);
+
+        let next = Budget::new(100 * PAGE, Some(pool.clone()));
+        let mut c = next.try_reserve(16 * PAGE).unwrap();
+        assert!(
+            c.take_mapping().is_some(),
+            "the pooled mapping is taken over"
+        );
+        assert_eq!(pool.retained_bytes(), 0);
+        assert_eq!(pool.reuses(), 1);
+        assert_eq!(next.snapshot().pool_reuses, 1);
+        assert_eq!(next.live(), 16 * PAGE);
+        drop(c);
+        assert_eq!(next.live(), 0);
+
+        // A buffer dropped after close goes to the pool too.
+        let late = next.try_reserve(16 * PAGE).unwrap();
+        next.close_pool();
+        late.recycle(Mapping::new(16 * PAGE as usize).unwrap());
+        assert_eq!(next.live(), 0);
+        assert_eq!(pool.retained_bytes(), 16 * PAGE);
+        pool.clear();
+        assert_eq!(pool.retained_bytes(), 0);
     }
 }

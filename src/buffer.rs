@@ -190,7 +190,7 @@ mod tests {
     #[test]
     fn a_reused_mapping_keeps_its_address_and_huge_page_alignment() {
         for len in [3 * PAGE, HUGE_PAGE, 3 * HUGE_PAGE] {
-            let budget = Budget::new(64 << 20);
+            let budget = Budget::new(64 << 20, None);
             let bytes = len as u64;
             let mut first = AlignedBuf::charged(len, budget.try_reserve(bytes)).unwrap();
             first.as_mut_slice().fill(9);
@@ -224,7 +224,7 @@ mod tests {
 
     #[test]
     fn prefault_makes_a_fresh_buffer_resident_and_keeps_it_zeroed() {
-        let budget = Budget::new(64 << 20);
+        let budget = Budget::new(64 << 20, None);
         let len = 2 * HUGE_PAGE;
         let b = AlignedBuf::charged(len, budget.try_reserve(len as u64)).unwrap();
         assert!(b.is_fresh());
@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn a_pooled_mapping_too_small_for_the_buffer_is_replaced() {
-        let budget = Budget::new(1 << 20);
+        let budget = Budget::new(1 << 20, None);
         drop(AlignedBuf::charged(PAGE, budget.try_reserve(2 * PAGE as u64)).unwrap());
         // The same charge, a larger buffer: the small mapping is unmapped and
         // a fresh, zeroed one is mapped under the same charge.

@@ -249,6 +249,21 @@ pub struct MmapConfig {
     /// ~3 GB/s, 1 s covers layers up to a few GB (`docs/architecture.md`,
     /// "When every byte is held").
     pub memory_wait_timeout: Duration,
+    /// Layer buffers shared with the models opened after this one: when
+    /// the model closes, its idle buffers go to this pool (up to the pool's
+    /// cap) instead of back to the kernel, and its reads take buffers of
+    /// the right size from the pool before they fault fresh memory in. For
+    /// a process that opens model after model (a server swapping models).
+    /// The memory a pool holds is resident and counted in no model's
+    /// budget; [`BufferPool::retained_bytes`](crate::BufferPool::retained_bytes)
+    /// tells how much.
+    ///
+    /// Default: `None` — `close` gives all memory back. Where fresh memory
+    /// is slow (these VMs, a few seconds after a free: the host must back
+    /// every new page again) a new model's first pass ran at the disk's
+    /// speed with a pool instead of at the rate fresh memory faults in
+    /// (`docs/performance.md`, "A buffer pool across models").
+    pub buffer_pool: Option<crate::BufferPool>,
     /// How models in object storage (`s3://bucket/key`) are reached: the
     /// endpoint, retries, timeouts and requests in flight. Local files
     /// ignore it. Credentials and the region come from the standard `AWS_*`
@@ -354,6 +369,7 @@ impl Default for MmapConfig {
             reads_in_flight: 2,
             verify_checksums: true,
             memory_wait_timeout: Duration::from_secs(1),
+            buffer_pool: None,
             object_store: ObjectStoreConfig::default(),
         }
     }

@@ -4,6 +4,7 @@
 
 mod budget;
 pub mod buffer;
+mod buffer_pool;
 mod cache;
 mod checksum;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod synth;
 mod sys;
 mod weights;
 
+pub use buffer_pool::BufferPool;
 pub use config::{Backend, MmapConfig, ObjectStoreConfig};
 pub use dtype::{DType, GgmlType};
 pub use error::{Error, FormatError, ObjectErrorKind, Result};

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::{config, TestModel, KIB};
 use hyperion::format::tmai::{write_tmai, TensorDecl};
-use hyperion::{Backend, DType, Error, MappedModel, MmapConfig, Stats};
+use hyperion::{Backend, BufferPool, DType, Error, MappedModel, MmapConfig, Stats};
 
 on_buffer_backends!(
     evicted_buffers_are_reused_for_later_layers,
@@ -241,5 +241,56 @@ async fn the_streaming_checksum_matches_and_catches_corruption_anywhere(backend:
             assert_eq!(model.memory_usage(), 0);
             m.check(2, &model.layer(2).await.unwrap());
         }
+    }
+}
+
+/// `MmapConfig::buffer_pool`: a closed model's idle buffers, and a handle
+/// that outlived close, go to the shared pool (up to its cap) instead of
+/// back to the kernel, and the next model's reads take them over, with
+/// their exact bytes and within its budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffer_pool_carries_buffers_to_the_next_model() {
+    for backend in [Backend::Auto, Backend::Pread] {
+        let pool = BufferPool::new(6 * 64 * KIB + 64 * KIB);
+        let with_pool = |budget| MmapConfig {
+            buffer_pool: Some(pool.clone()),
+            ..config(backend, budget)
+        };
+        let budget = 4 * 64 * KIB + 16 * KIB;
+        let first = TestModel::new(8, 64 * KIB);
+        let model = first.open(with_pool(budget)).await;
+        let outliving = model.layer(7).await.unwrap();
+        for i in 0..7 {
+            drop(model.layer(i).await.unwrap());
+            model.release(i).unwrap();
+        }
+        let watcher = model.clone();
+        model.close();
+        assert_eq!(watcher.stats().memory_usage, 64 * KIB);
+        let kept = pool.retained_bytes();
+        assert!(kept >= 64 * KIB, "{pool:?}");
+        first.check(7, &outliving);
+        drop(outliving);
+        assert_eq!(watcher.stats().memory_usage, 0);
+        assert!(pool.retained_bytes() > kept, "the late buffer is kept too");
+        assert!(pool.retained_bytes() <= pool.max_bytes());
+
+        let second = TestModel::new(8, 64 * KIB);
+        let model = second.open(with_pool(budget)).await;
+        for i in 0..8 {
+            let w = model.layer(i).await.unwrap();
+            second.check(i, &w);
+            assert_within_budget(&model.stats(), budget);
+        }
+        // Both buffers kept (the idle one and the late one) were taken over.
+        let s = model.stats();
+        assert_eq!(pool.reuses(), 2, "{pool:?}");
+        assert_eq!(pool.retained_bytes(), 0);
+        assert!(s.pool_reuses >= 2, "{s:?}");
+        let watcher = model.clone();
+        model.close();
+        assert_eq!(watcher.stats().memory_usage, 0);
+        pool.clear();
+        assert_eq!(pool.retained_bytes(), 0);
     }
 }

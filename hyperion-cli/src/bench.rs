@@ -13,7 +13,7 @@ use hyperion::buffer::AlignedBuf;
 use anyhow::Context;
 use futures::StreamExt;
 use hyperion::synth::SynthSpec;
-use hyperion::{Backend, MappedModel, MmapConfig};
+use hyperion::{Backend, BufferPool, MappedModel, MmapConfig};
 use serde_json::{json, Map, Value};
 
 const MIB: u64 = 1 << 20;
@@ -299,6 +299,7 @@ fn bench(args: Args) -> anyhow::Result<()> {
     let warm_ratio = ratio(warm, memcpy);
     let noverify_ratio = ratio(report.median_of("stream_cold_io_uring_noverify"), ceiling);
     let fresh_ratio = ratio(report.median_of("stream_cold_io_uring_fresh"), ceiling);
+    let pooled_ratio = ratio(report.median_of("stream_cold_fresh_pooled"), ceiling);
     let deep_ratio = ratio(report.median_of("stream_cold_deep"), ceiling);
     let first_pass_ratio = ratio(report.median_of("prefetch_ahead"), ceiling);
     let warm_default_ratio = ratio(report.median_of("stream_warm_default"), memcpy);
@@ -325,6 +326,7 @@ fn bench(args: Args) -> anyhow::Result<()> {
                 "cold_stream_over_ceiling": cold_ratio,
                 "cold_stream_noverify_over_ceiling": noverify_ratio,
                 "cold_stream_fresh_over_ceiling": fresh_ratio,
+                "cold_stream_fresh_pooled_over_ceiling": pooled_ratio,
                 "cold_stream_deep_over_ceiling": deep_ratio,
                 "first_pass_default_lookahead_over_ceiling": first_pass_ratio,
                 "warm_over_memcpy": warm_ratio,
@@ -385,7 +387,8 @@ fn bench(args: Args) -> anyhow::Result<()> {
             rounds("stream_cold_io_uring", "ceiling_direct")
         );
         println!(
-            "  the same without checksums: {noverify_ratio:.2}; a new model per pass (fresh memory): {fresh_ratio:.2}"
+            "  the same without checksums: {noverify_ratio:.2}; a new model per pass (fresh memory): {fresh_ratio:.2}, \
+             sharing a BufferPool: {pooled_ratio:.2}"
         );
         println!(
             "  reading ahead as far as the budget holds: {deep_ratio:.2} (target ≥ 0.90; round by round {}); \
@@ -564,14 +567,49 @@ fn measure(
     streams.finish(report);
 
     // Cold, one freshly opened model per pass: its first budget of layer
-    // buffers is new memory (docs/performance.md, "Fresh memory").
+    // buffers is new memory (docs/performance.md, "Fresh memory"), unless
+    // the models share a `BufferPool` (the second row, interleaved with the
+    // first; one untimed pass fills the pool first, as a process that
+    // opens model after model has it filled).
+    let config = plan.config(Backend::IoUring, true);
+    let lookahead = Some(config.prefetch_threads);
+    let pool = BufferPool::new(config.max_cache_size);
+    let pooled_config = MmapConfig {
+        buffer_pool: Some(pool.clone()),
+        ..config.clone()
+    };
+    drop_cache(path)?;
+    rt.block_on(stream_pass(
+        path,
+        pooled_config.clone(),
+        &sequential,
+        lookahead,
+    ))?;
+    let mut fresh = Measurement::new(
+        "stream_cold_io_uring_fresh",
+        "io_uring, O_DIRECT, default config, a new model per pass (first budget into fresh memory)",
+    );
+    let mut pooled = Measurement::new(
+        "stream_cold_fresh_pooled",
+        "the same, the models sharing a BufferPool of one budget (MmapConfig::buffer_pool): each takes over the last one's buffers",
+    );
+    for _ in 0..reps {
+        for (m, config) in [(&mut fresh, &config), (&mut pooled, &pooled_config)] {
+            drop_cache(path)?;
+            let r = rt.block_on(stream_pass(path, config.clone(), &sequential, lookahead))?;
+            report.check_cold(m.name, r.mb_s);
+            m.runs.push(r.mb_s);
+            m.extra.insert("backend".into(), json!(r.backend));
+        }
+    }
+    pooled
+        .extra
+        .insert("pool_reuses".into(), json!(pool.reuses()));
+    report.push(fresh);
+    report.push(pooled);
+    drop(pool);
+
     let cold_streams = [
-        (
-            "stream_cold_io_uring_fresh",
-            Backend::IoUring,
-            true,
-            "io_uring, O_DIRECT, default config, a new model per pass (first budget into fresh memory)",
-        ),
         (
             "stream_cold_io_uring_buffered",
             Backend::IoUring,

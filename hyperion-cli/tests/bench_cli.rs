@@ -64,6 +64,7 @@ fn bench_quick_json_reports_every_figure() {
         "stream_cold_io_uring_noverify",
         "stream_cold_deep",
         "stream_cold_io_uring_fresh",
+        "stream_cold_fresh_pooled",
         "stream_cold_io_uring_buffered",
         "stream_cold_pread",
         "stream_cold_mmap",
@@ -87,6 +88,9 @@ fn bench_quick_json_reports_every_figure() {
         assert!(0.0 < min && min <= median && median <= max, "{name}: {m}");
         assert_eq!(m["runs_mb_s"].as_array().map(Vec::len), Some(2), "{name}");
     }
+    // The pooled models took over the buffers the ones before them left.
+    let reuses = v["measurements"]["stream_cold_fresh_pooled"]["pool_reuses"].as_u64();
+    assert!(reuses.is_some_and(|r| r > 0), "{reuses:?}");
     for tasks in [
         "concurrent_1",
         "concurrent_4",
@@ -100,6 +104,7 @@ fn bench_quick_json_reports_every_figure() {
         "cold_stream_over_ceiling",
         "cold_stream_noverify_over_ceiling",
         "cold_stream_fresh_over_ceiling",
+        "cold_stream_fresh_pooled_over_ceiling",
         "cold_stream_deep_over_ceiling",
         "first_pass_default_lookahead_over_ceiling",
         "warm_over_memcpy",

@@ -111,7 +111,7 @@ impl Shared {
                     0,
                 ),
                 metas,
-                budget: Budget::new(config.max_cache_size),
+                budget: Budget::new(config.max_cache_size, config.buffer_pool.clone()),
                 prefetch_slots: Arc::new(Semaphore::new(config.prefetch_threads.max(1))),
                 counters,
                 closed: AtomicBool::new(false),
