@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 # layer  modules
 layers='
 0 sys checksum ggml meta policy
-1 dtype
+1 dtype buffer_pool
 2 error
 3 config faults index source
 4 object

@@ -46,16 +46,11 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::buffer_pool::BufferPool;
+use crate::buffer_pool::{BufferPool, REUSE_SLACK};
 use crate::sys::memory::Mapping;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
-
-/// A reservation of `n` bytes may take over an idle mapping of up to
-/// `n + n / REUSE_SLACK` bytes (6%): enough for extents that differ by a
-/// few pages, too little to waste much budget on a mapping far larger.
-pub(crate) const REUSE_SLACK: u64 = 16;
 
 /// How often a fetch waiting for memory looks again even without a wake-up.
 pub(crate) const RECHECK: Duration = Duration::from_millis(10);

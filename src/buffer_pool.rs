@@ -23,8 +23,13 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::budget::REUSE_SLACK;
 use crate::sys::memory::Mapping;
+
+/// A reservation of `n` bytes may take over an idle mapping of up to
+/// `n + n / REUSE_SLACK` bytes (6%): enough for extents that differ by a
+/// few pages, too little to waste much budget on a mapping far larger.
+/// The rule of a model's own idle pool (`budget.rs`) and of a shared one.
+pub(crate) const REUSE_SLACK: u64 = 16;
 
 /// Faulted-in layer buffers kept for the next model, across `close`.
 ///

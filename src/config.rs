@@ -263,7 +263,7 @@ pub struct MmapConfig {
     /// every new page again) a new model's first pass ran at the disk's
     /// speed with a pool instead of at the rate fresh memory faults in
     /// (`docs/performance.md`, "A buffer pool across models").
-    pub buffer_pool: Option<crate::BufferPool>,
+    pub buffer_pool: Option<crate::buffer_pool::BufferPool>,
     /// How models in object storage (`s3://bucket/key`) are reached: the
     /// endpoint, retries, timeouts and requests in flight. Local files
     /// ignore it. Credentials and the region come from the standard `AWS_*`

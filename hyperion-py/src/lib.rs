@@ -15,12 +15,14 @@
 //! - `model.rs`: `Model`, a `MappedModel` with blocking and asyncio methods,
 //!   and `LayerStream`, a pipelined pass for `for` and `async for`;
 //! - `load.rs`: the read behind `load_file`: every layer that holds a wanted
-//!   tensor, read ahead in one pass, all held.
+//!   tensor, read ahead in one pass, all held;
+//! - `pool.rs`: `BufferPool`, layer buffers kept from one model to the next.
 
 mod errors;
 mod layer;
 mod load;
 mod model;
+mod pool;
 mod runtime;
 
 use pyo3::prelude::*;
@@ -34,6 +36,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::LayerStream>()?;
     m.add_class::<layer::Layer>()?;
     m.add_class::<layer::TensorBuffer>()?;
+    m.add_class::<pool::BufferPool>()?;
     m.add_function(wrap_pyfunction!(model::open_model, m)?)?;
     m.add_function(wrap_pyfunction!(load::load_layers, m)?)?;
     Ok(())

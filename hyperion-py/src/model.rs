@@ -15,6 +15,7 @@ use pyo3::types::PyDict;
 
 use crate::errors::{self, to_py, to_py_attached};
 use crate::layer::Layer;
+use crate::pool::BufferPool;
 use crate::runtime;
 
 /// `backend="auto"|"io_uring"|"pread"|"mmap"` as a [`Backend`].
@@ -55,7 +56,7 @@ fn layer_index(py: Python<'_>, model: &MappedModel, i: i64) -> PyResult<usize> {
 /// Opens a model; `hyperion.open` documents the arguments.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (path, convert, budget, prefetch_threads, adaptive, backend, verify, direct_io, memory_wait, share_page_cache))]
+#[pyo3(signature = (path, convert, budget, prefetch_threads, adaptive, backend, verify, direct_io, memory_wait, share_page_cache, buffer_pool))]
 pub fn open_model(
     py: Python<'_>,
     path: PathBuf,
@@ -68,6 +69,7 @@ pub fn open_model(
     direct_io: bool,
     memory_wait: f64,
     share_page_cache: bool,
+    buffer_pool: Option<PyRef<'_, BufferPool>>,
 ) -> PyResult<Model> {
     let defaults = MmapConfig::default();
     if !(memory_wait.is_finite() && memory_wait >= 0.0) {
@@ -90,6 +92,7 @@ pub fn open_model(
         // the arrays are read-only, so the views are too.
         share_page_cache,
         share_cold_layers: share_page_cache,
+        buffer_pool: buffer_pool.map(|p| p.inner.clone()),
         ..defaults
     };
     let model = runtime::wait(py, MappedModel::open(&path, config)).map_err(|e| to_py(py, e))?;

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from . import _arrays, _errors, _native
 from ._errors import *  # noqa: F403  (the exceptions; listed once, in _errors.__all__)
 from ._errors import InvalidArgumentError
-from ._native import Layer, LayerStream, Model, TensorBuffer
+from ._native import BufferPool, Layer, LayerStream, Model, TensorBuffer
 
 # A Layer is a read-only mapping of tensor names to arrays.
 Mapping.register(Layer)
@@ -57,6 +57,7 @@ def load_file(
     budget: int | None = None,
     backend: str = "auto",
     share_page_cache: bool = True,
+    buffer_pool: BufferPool | None = None,
 ) -> TensorDict:
     """Loads every tensor of a model file into memory.
 
@@ -89,6 +90,10 @@ def load_file(
             are writable either way. Default ``True``: no fresh memory to
             zero, so cold loads ran 2.9-5.5x and warm ones over 100x faster
             than with ``False`` on the machine of docs/python.md's figures.
+        buffer_pool: a ``BufferPool`` shared with other loads and models:
+            the memory of layers read into buffers (not shared from the
+            page cache) goes to it when the arrays go, and this load takes
+            buffers from it before it allocates new memory.
 
     Returns:
         A ``TensorDict`` (a ``dict``) of name to array; its ``dtypes`` names
@@ -110,7 +115,9 @@ def load_file(
     wanted = None if names is None else list(names)
     if wanted is not None and any(not isinstance(n, str) for n in wanted):
         raise InvalidArgumentError("names: expected an iterable of tensor names (str)")
-    layers = _native.load_layers(os.fspath(path), convert, wanted, budget, backend, bool(share_page_cache))
+    layers = _native.load_layers(
+        os.fspath(path), convert, wanted, budget, backend, bool(share_page_cache), _pool(buffer_pool)
+    )
     out = TensorDict()
     out.dtypes = {}
     keep = None if wanted is None else set(wanted)
@@ -134,6 +141,7 @@ def open(  # noqa: A001 (hyperion.open, as the package's entry point)
     direct_io: bool = True,
     memory_wait: float = 1.0,
     share_page_cache: bool = False,
+    buffer_pool: BufferPool | None = None,
 ) -> Model:
     """Opens a model for layer-by-layer loading; reads only its metadata.
 
@@ -168,6 +176,13 @@ def open(  # noqa: A001 (hyperion.open, as the package's entry point)
             and ``Layer.mapped`` says which layers are. Default ``False``:
             it leaves the model in the page cache and makes writers of the
             file wait.
+        buffer_pool: a ``BufferPool`` shared by the models a process opens
+            one after another: when this model closes (or the last array
+            over one of its layers goes after that) its layer buffers go to
+            the pool, up to the pool's ``max_bytes``, and its reads take
+            buffers from the pool before they allocate new memory, whose
+            first touch is slow. Default ``None``: ``close`` gives all the
+            memory back.
 
     Returns:
         A ``Model``; use it as a context manager or call ``close()``.
@@ -187,12 +202,20 @@ def open(  # noqa: A001 (hyperion.open, as the package's entry point)
         direct_io,
         memory_wait,
         bool(share_page_cache),
+        _pool(buffer_pool),
     )
+
+
+def _pool(pool):
+    if pool is not None and not isinstance(pool, BufferPool):
+        raise InvalidArgumentError(f"buffer_pool: expected a hyperion.BufferPool, not {type(pool).__name__}")
+    return pool
 
 
 __all__ = [
     "load_file",
     "open",
+    "BufferPool",
     "Model",
     "Layer",
     "LayerStream",

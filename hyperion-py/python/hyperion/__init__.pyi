@@ -37,6 +37,7 @@ def load_file(
     budget: int | None = None,
     backend: BackendName = "auto",
     share_page_cache: bool = True,
+    buffer_pool: BufferPool | None = None,
 ) -> TensorDict: ...
 def open(
     path: str | os.PathLike[str],
@@ -50,7 +51,20 @@ def open(
     direct_io: bool = True,
     memory_wait: float = 1.0,
     share_page_cache: bool = False,
+    buffer_pool: BufferPool | None = None,
 ) -> Model: ...
+
+class BufferPool:
+    """Layer buffers kept from one model to the next (up to max_bytes)."""
+
+    def __init__(self, max_bytes: int) -> None: ...
+    @property
+    def max_bytes(self) -> int: ...
+    @property
+    def retained_bytes(self) -> int: ...
+    @property
+    def reuses(self) -> int: ...
+    def clear(self) -> None: ...
 
 class TensorBuffer:
     """One tensor's bytes, exported to numpy through __array_interface__."""
