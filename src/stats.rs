@@ -60,7 +60,9 @@ pub struct Stats {
     /// budget) for the next read. `memory_usage + pool_idle_bytes` is all
     /// the layer memory the model holds, never more than `max_cache_size`.
     pub pool_idle_bytes: u64,
-    /// Reads whose memory was an idle pooled buffer rather than a fresh one.
+    /// Reads whose memory was an idle pooled buffer rather than a fresh one:
+    /// the model's own, or one a closed model left in the shared
+    /// [`BufferPool`](crate::BufferPool) (`MmapConfig::buffer_pool`).
     pub pool_reuses: u64,
     /// Idle pooled buffers unmapped to make room for a read of another size
     /// (before any cached layer is evicted).
