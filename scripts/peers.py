@@ -177,6 +177,7 @@ DESCRIPTIONS = {
     "hyperion_buffered": "hyperion load --buffered: the same with direct_io: false (uses a warm page cache)",
     "hyperion_shared": "hyperion load --share-page-cache: cached layers shared with the page cache under a read lease",
     "hyperion_shared_cold": "hyperion load --share-page-cache --share-cold: every layer shared, cold ones read through the page cache",
+    "hyperion_shared_auto": "hyperion load --share-page-cache --share-cold=auto: cold layers read through the page cache only while fresh memory is slow, else copied",
     "hyperion_stream": "hyperion load --budget B: streaming, each layer touched then dropped (B = file/8)",
     "st_numpy_load_file": "safetensors.numpy.load_file (mmap backend, copies into numpy arrays)",
     "st_torch_load_file": "safetensors.torch.load_file (mmap backend)",
@@ -478,10 +479,12 @@ def one_run(loader, args, meta, state, workdir, run_id):
         cmd = [args.hyperion, "load", "--json"]
         if loader == "hyperion_buffered":
             cmd.append("--buffered")
-        if loader in ("hyperion_shared", "hyperion_shared_cold"):
+        if loader in ("hyperion_shared", "hyperion_shared_cold", "hyperion_shared_auto"):
             cmd.append("--share-page-cache")
         if loader == "hyperion_shared_cold":
             cmd.append("--share-cold")
+        if loader == "hyperion_shared_auto":
+            cmd.append("--share-cold=auto")
         if loader == "hyperion_stream":
             cmd += ["--budget", str(meta["stream_budget"])]
         cmd.append(args.file)

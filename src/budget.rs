@@ -334,6 +334,12 @@ pub(crate) struct Charge {
 }
 
 impl Charge {
+    /// Whether this charge took over an idle mapping (a buffer already
+    /// faulted in) rather than fresh bytes.
+    pub(crate) fn has_mapping(&self) -> bool {
+        self.pooled.is_some()
+    }
+
     /// Takes the idle mapping this charge took over from the pool, if any.
     pub(crate) fn take_mapping(&mut self) -> Option<Mapping> {
         self.pooled.take()

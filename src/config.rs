@@ -58,6 +58,34 @@ pub enum Backend {
     ObjectStore,
 }
 
+/// Which cold layers [`MmapConfig::share_cold_layers`] reads through the
+/// page cache and shares (with [`MmapConfig::share_page_cache`]).
+///
+/// A copy into a buffer is the faster path where fresh memory is quick to
+/// fault in (a buffer the model's pool already holds, or memory the guest
+/// just freed): `O_DIRECT` at the disk's speed. It is the slower one where
+/// the host must back every new page again (VMs with free page reporting,
+/// a few seconds after memory was freed): there a whole load copying into
+/// fresh memory ran at 155–170 MB/s and the same load through the page
+/// cache at 1,406–1,627, while with backed memory the order was the other
+/// way round (a copy 1,926, the page cache 1,232; `docs/performance.md`,
+/// "Cold loads through the page cache").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ColdSharing {
+    /// Cold layers are copied into buffers (the page cache is left alone).
+    #[default]
+    Never,
+    /// A cold layer is shared when its read would need a fresh buffer (the
+    /// pool has none of its size) and the latest fresh buffer a read faulted
+    /// in, within the last 2 s, came in slower than 1 GB/s; otherwise it is
+    /// copied. So a load follows the memory the host gives it, layer by
+    /// layer: the copy where memory is fast, the page cache where it is not.
+    WhenFreshMemoryIsSlow,
+    /// Every cold layer is shared.
+    Always,
+}
+
 impl Backend {
     /// A short lowercase name (`auto`, `io_uring`, `pread`, `mmap`).
     pub fn name(self) -> &'static str {
@@ -168,25 +196,22 @@ pub struct MmapConfig {
     /// with it ([`Stats::page_cache_shared_bytes`](crate::Stats::page_cache_shared_bytes)
     /// counts the bytes shared; `docs/performance.md`, "Warm whole loads").
     pub share_page_cache: bool,
-    /// With [`share_page_cache`](Self::share_page_cache), also share the
-    /// layers that are *not* in the page cache: read them through it
+    /// With [`share_page_cache`](Self::share_page_cache), whether layers
+    /// that are *not* in the page cache are shared too: read through it
     /// (`MADV_WILLNEED` readahead of the layer's window of the leased file
-    /// mapping, then `MADV_POPULATE_READ`) and return the mapped pages,
-    /// instead of copying them into fresh anonymous memory. The lease, the
+    /// mapping, then `MADV_POPULATE_READ`) and returned as the mapped pages,
+    /// instead of copied into fresh anonymous memory. The lease, the
     /// copy-out before a truncation and the cap on shared bytes are the
     /// same; layers past the cap, of more than one byte range, or of a file
-    /// that could not be leased are copied as without it. Ignored without
-    /// `share_page_cache`.
+    /// that could not be leased are copied. Ignored without
+    /// `share_page_cache`. See [`ColdSharing`] for the three choices.
     ///
-    /// Where fresh anonymous memory is slow to fault in (these VMs: the host
-    /// takes freed memory back and the guest zeroes every new page), a cold
-    /// whole load of 2 GiB ran 2.4–6.5× faster with it in three interleaved
-    /// rounds (`docs/performance.md`, "Cold loads through the page cache"). What it costs: the model's
-    /// bytes stay in the page cache after the load (reclaimable, as after
-    /// any buffered read), where `O_DIRECT` leaves the cache alone.
+    /// What it costs: the model's bytes stay in the page cache after the
+    /// load (reclaimable, as after any buffered read), where `O_DIRECT`
+    /// leaves the cache alone.
     ///
-    /// Default: false.
-    pub share_cold_layers: bool,
+    /// Default: [`ColdSharing::Never`].
+    pub share_cold_layers: ColdSharing,
     /// With [`share_page_cache`](Self::share_page_cache), shared views may
     /// be written through a raw pointer, as `torch.UntypedStorage.from_file(…,
     /// shared=False)` (what `safetensors.torch.load_file` returns) may: the
@@ -363,7 +388,7 @@ impl Default for MmapConfig {
             backend: Backend::Auto,
             direct_io: true,
             share_page_cache: false,
-            share_cold_layers: false,
+            share_cold_layers: ColdSharing::Never,
             share_writable: false,
             read_chunk_size: 4 << 20,
             reads_in_flight: 2,

@@ -55,6 +55,7 @@ pub struct FaultPlan {
     delay_rate: f64,
     max_delay: Duration,
     fail_ring_setup: bool,
+    slow_fresh_memory: bool,
     injected: AtomicU64,
 }
 
@@ -71,6 +72,7 @@ impl FaultPlan {
             delay_rate: 0.0,
             max_delay: Duration::ZERO,
             fail_ring_setup: false,
+            slow_fresh_memory: false,
             injected: AtomicU64::new(0),
         }
     }
@@ -100,6 +102,19 @@ impl FaultPlan {
     pub fn with_ring_setup_failure(mut self) -> Self {
         self.fail_ring_setup = true;
         self
+    }
+
+    /// Makes the model see fresh memory as slow to fault in, always, as on
+    /// a host that has taken the guest's free memory back: under
+    /// `ColdSharing::WhenFreshMemoryIsSlow` every cold layer whose read
+    /// would need a fresh buffer is then shared.
+    pub fn with_slow_fresh_memory(mut self) -> Self {
+        self.slow_fresh_memory = true;
+        self
+    }
+
+    pub(crate) fn fresh_memory_is_slow(&self) -> bool {
+        self.slow_fresh_memory
     }
 
     /// How many faults were injected so far.

@@ -31,7 +31,7 @@ mod sys;
 mod weights;
 
 pub use buffer_pool::BufferPool;
-pub use config::{Backend, MmapConfig, ObjectStoreConfig};
+pub use config::{Backend, ColdSharing, MmapConfig, ObjectStoreConfig};
 pub use dtype::{DType, GgmlType};
 pub use error::{Error, FormatError, ObjectErrorKind, Result};
 pub use index::{FileFormat, FileRange, LayerSpec, ModelIndex, TensorLocation, TensorSpec};

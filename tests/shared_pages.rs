@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{config, TestModel, KIB};
-use hyperion::{Backend, Error, LayerWeights, MappedModel, MmapConfig};
+use hyperion::{Backend, ColdSharing, Error, LayerWeights, MappedModel, MmapConfig};
 
 fn shared_config(backend: Backend) -> MmapConfig {
     MmapConfig {
@@ -230,7 +230,7 @@ fn drop_cache(m: &TestModel) {
 
 fn cold_config(backend: Backend) -> MmapConfig {
     MmapConfig {
-        share_cold_layers: true,
+        share_cold_layers: ColdSharing::Always,
         ..shared_config(backend)
     }
 }
@@ -291,7 +291,7 @@ async fn share_cold_layers_needs_share_page_cache() {
     let m = TestModel::new(4, 256 * KIB);
     drop_cache(&m);
     let config = MmapConfig {
-        share_cold_layers: true,
+        share_cold_layers: ColdSharing::Always,
         ..config(Backend::Auto, 64 << 20)
     };
     let model = m.open(config).await;
@@ -342,5 +342,90 @@ async fn is_writable_tells_read_only_mappings_apart() {
                 w.layer_index()
             );
         }
+    }
+}
+
+/// `ColdSharing::WhenFreshMemoryIsSlow` with fresh memory slow (the fault
+/// plan makes it so): a cold layer whose read needs a fresh buffer is read
+/// through the page cache and shared; one whose charge takes over a pooled
+/// buffer is copied into it, since that copy faults nothing in. With fresh
+/// memory fast (no plan; this machine's memory right after a probe may be
+/// either), every layer has its exact bytes whichever way it went.
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_layers_are_shared_while_fresh_memory_is_slow_unless_a_buffer_is_pooled() {
+    use std::sync::Arc;
+
+    use hyperion::faults::FaultPlan;
+
+    let m = TestModel::new(8, 256 * KIB);
+    drop_cache(&m);
+    let config = MmapConfig {
+        share_cold_layers: ColdSharing::WhenFreshMemoryIsSlow,
+        ..shared_config(Backend::Auto)
+    };
+    let plan = Arc::new(FaultPlan::new(1).with_slow_fresh_memory());
+    let model = MappedModel::open_with_faults(&m.path, config.clone(), plan)
+        .await
+        .unwrap();
+    let held = fetch_all(&model).await;
+    for (i, w) in held.iter().enumerate() {
+        m.check(i, w.bytes());
+    }
+    if !leases_granted(&model, &m) {
+        return;
+    }
+    assert!(held.iter().all(LayerWeights::is_mapped));
+    drop(held);
+    model.close();
+
+    // A pooled buffer for every layer: read one model's layers into buffers
+    // (sharing off), release them to its pool, then read them again cold
+    // through a model that shares only while memory is slow... within the
+    // same model, so its pool serves them.
+    let copy_then_auto = MmapConfig {
+        share_page_cache: false,
+        ..config.clone()
+    };
+    let pool = hyperion::BufferPool::new(64 << 20);
+    let first = m
+        .open(MmapConfig {
+            buffer_pool: Some(pool.clone()),
+            ..copy_then_auto
+        })
+        .await;
+    for i in 0..first.layer_count() {
+        drop(first.layer(i).await.unwrap());
+        first.release(i).unwrap();
+    }
+    first.close();
+    assert!(pool.retained_bytes() > 0);
+    drop_cache(&m);
+    let plan = Arc::new(FaultPlan::new(2).with_slow_fresh_memory());
+    let model = MappedModel::open_with_faults(
+        &m.path,
+        MmapConfig {
+            buffer_pool: Some(pool.clone()),
+            ..config.clone()
+        },
+        plan,
+    )
+    .await
+    .unwrap();
+    let w = model.layer(0).await.unwrap();
+    m.check(0, w.bytes());
+    assert!(
+        !w.is_mapped(),
+        "a pooled buffer was there: copied, not shared"
+    );
+    assert!(pool.reuses() > 0);
+    drop(w);
+    model.close();
+
+    // Without the plan: exact bytes, shared or copied.
+    drop_cache(&m);
+    let model = m.open(config).await;
+    for (i, w) in fetch_all(&model).await.iter().enumerate() {
+        m.check(i, w.bytes());
     }
 }

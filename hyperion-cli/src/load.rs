@@ -24,10 +24,19 @@ use std::time::Instant;
 use crate::demo::BackendArg;
 use anyhow::Context;
 use futures::StreamExt;
-use hyperion::{LayerWeights, MappedModel, MmapConfig};
+use hyperion::{ColdSharing, LayerWeights, MappedModel, MmapConfig};
 use serde_json::json;
 
 const MIB: f64 = (1u64 << 20) as f64;
+
+/// When `--share-cold` shares a cold layer.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShareCold {
+    /// Every cold layer.
+    Always,
+    /// Only while fresh memory is slow to fault in.
+    Auto,
+}
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -49,10 +58,20 @@ pub struct Args {
     #[arg(long)]
     pub share_page_cache: bool,
     /// With --share-page-cache, share the layers not in the page cache too,
-    /// read into it through the file mapping (`share_cold_layers: true`)
-    /// instead of copied into fresh memory.
-    #[arg(long, requires = "share_page_cache")]
-    pub share_cold: bool,
+    /// read into it through the file mapping instead of copied into fresh
+    /// memory: `always` (the default of the bare flag;
+    /// `ColdSharing::Always`), or `auto`, only while fresh memory is slow to
+    /// fault in (`ColdSharing::WhenFreshMemoryIsSlow`).
+    #[arg(
+        long,
+        requires = "share_page_cache",
+        value_enum,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "always",
+        value_name = "WHEN"
+    )]
+    pub share_cold: Option<ShareCold>,
     /// With --share-page-cache, make the shared views writable (privately,
     /// copy on write: `share_writable: true`), as the Python package's
     /// `load_file` does.
@@ -221,7 +240,11 @@ async fn load_async(
         backend: args.backend.into(),
         direct_io: !args.buffered,
         share_page_cache: args.share_page_cache,
-        share_cold_layers: args.share_cold,
+        share_cold_layers: match args.share_cold {
+            None => ColdSharing::Never,
+            Some(ShareCold::Always) => ColdSharing::Always,
+            Some(ShareCold::Auto) => ColdSharing::WhenFreshMemoryIsSlow,
+        },
         share_writable: args.share_writable,
         ..defaults
     };

@@ -178,6 +178,20 @@ fn load_whole_and_streaming_report_the_same_bytes() {
         );
     }
 
+    // Cold layers read through the page cache: always, or only while fresh
+    // memory is slow (either way here); the same bytes.
+    for share in ["--share-cold", "--share-cold=always", "--share-cold=auto"] {
+        let args = ["load", "--json", "--cold", "--share-page-cache", share];
+        let s = succeed_json(&args, &path);
+        assert_eq!(s["checksum"], whole["checksum"], "{args:?}");
+    }
+    let out = hyperion(
+        &["load", "--share-page-cache", "--share-cold=sometimes"],
+        &path,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("sometimes"), "{err}");
+
     // The text form says the same in one line.
     let out = hyperion(&["load"], &path);
     assert!(out.status.success());

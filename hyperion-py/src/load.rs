@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use futures::StreamExt;
-use hyperion::{Error, MappedModel, MmapConfig};
+use hyperion::{ColdSharing, Error, MappedModel, MmapConfig};
 use pyo3::prelude::*;
 
 use crate::errors::{self, to_py};
@@ -89,7 +89,11 @@ pub fn load_layers(
         max_cache_size: budget,
         backend,
         share_page_cache,
-        share_cold_layers: share_page_cache,
+        share_cold_layers: if share_page_cache {
+            ColdSharing::Always
+        } else {
+            ColdSharing::Never
+        },
         share_writable: share_page_cache,
         buffer_pool: buffer_pool.map(|p| p.inner.clone()),
         // Each shared read waits on its own readahead and then touches its

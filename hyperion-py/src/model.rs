@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use hyperion::{Backend, Error, LayerWeights, MappedModel, MmapConfig, Prefetch};
+use hyperion::{Backend, ColdSharing, Error, LayerWeights, MappedModel, MmapConfig, Prefetch};
 use pyo3::exceptions::PyStopAsyncIteration;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -91,7 +91,11 @@ pub fn open_model(
         // Cached layers and cold ones alike (read through the page cache);
         // the arrays are read-only, so the views are too.
         share_page_cache,
-        share_cold_layers: share_page_cache,
+        share_cold_layers: if share_page_cache {
+            ColdSharing::Always
+        } else {
+            ColdSharing::Never
+        },
         buffer_pool: buffer_pool.map(|p| p.inner.clone()),
         ..defaults
     };

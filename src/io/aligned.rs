@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::faults::{Fault, FaultPlan};
 use crate::index::{align_down, align_up, FileRange, LayerSpec, BLOCK};
 use crate::io::bytes::{LayerBytes, Storage};
+use crate::io::fresh_memory::FRESH_MEMORY;
 use crate::sys::pages::Residency;
 
 /// Retries of a request that failed with a transient error before giving up.
@@ -204,7 +205,11 @@ pub(crate) async fn layer_buffer(
     // The task owns the buffer: if this future is dropped, the buffer (and
     // its charge) is freed when the task ends.
     tokio::task::spawn_blocking(move || {
+        let start = std::time::Instant::now();
         buf.prefault();
+        // How fast fresh memory is now decides where the next cold layers
+        // go under `ColdSharing::WhenFreshMemoryIsSlow` (io/fresh_memory.rs).
+        FRESH_MEMORY.record(len, start.elapsed());
         buf
     })
     .await

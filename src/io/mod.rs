@@ -13,6 +13,7 @@
 pub(crate) mod aligned;
 pub(crate) mod auto;
 pub(crate) mod bytes;
+pub(crate) mod fresh_memory;
 pub(crate) mod mmap;
 #[cfg(feature = "object-store")]
 pub(crate) mod object;
@@ -75,7 +76,7 @@ pub(crate) async fn open_backend(
     page_cache_bytes: Arc<AtomicU64>,
     page_cache_shared_bytes: Arc<AtomicU64>,
 ) -> Result<Arc<dyn ReadBackend>> {
-    let engine = open_file_backend(files, config, faults, page_cache_bytes).await?;
+    let engine = open_file_backend(files, config, faults.clone(), page_cache_bytes).await?;
     // Cached layers shared under a lease (io/shared.rs); the mmap engine
     // maps everything anyway.
     if config.share_page_cache && engine.kind() != Backend::Mmap {
@@ -86,6 +87,7 @@ pub(crate) async fn open_backend(
             page_cache_shared_bytes,
             config.share_cold_layers,
             config.share_writable,
+            faults.as_deref(),
         );
         return Ok(Arc::new(shared));
     }

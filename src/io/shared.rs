@@ -5,11 +5,14 @@
 //! into a private, read-only mapping of the file: no copy, no fresh memory,
 //! as the mmap-based Python loaders do. Every other layer is read by the
 //! copying engine this one wraps (io_uring / pread), unless
-//! `MmapConfig::share_cold_layers` is set: then a cold layer is read
+//! `MmapConfig::share_cold_layers` says otherwise: then a cold layer is read
 //! *through* the page cache (`MADV_WILLNEED` readahead of its window, then
-//! `MADV_POPULATE_READ`) and shared the same way, so a whole load needs no
-//! fresh anonymous memory at all (the disk fills page-cache pages, which the
-//! guest does not zero). With `MmapConfig::share_writable` each view's
+//! `MADV_POPULATE_READ`) and shared the same way, needing no fresh
+//! anonymous memory (the disk fills page-cache pages, which the guest does
+//! not zero). `ColdSharing::Always` does so for every cold layer;
+//! `ColdSharing::WhenFreshMemoryIsSlow` only for a layer whose read would
+//! need a fresh buffer while fresh memory is slow to fault in
+//! (`io/fresh_memory.rs`), and copies the others. With `MmapConfig::share_writable` each view's
 //! window is made writable (`mprotect`): the mapping is private, so a
 //! written page becomes an anonymous copy and the file never changes, as
 //! with the private mappings `safetensors.torch.load_file` returns.
@@ -62,10 +65,12 @@ use parking_lot::Mutex;
 
 use super::ReadBackend;
 use crate::budget::Charge;
-use crate::config::Backend;
+use crate::config::{Backend, ColdSharing};
 use crate::error::{Error, Result};
+use crate::faults::FaultPlan;
 use crate::index::{align_down, align_up, LayerSpec, BLOCK};
 use crate::io::bytes::{LayerBytes, MappedView, Storage};
+use crate::io::fresh_memory::{FreshMemory, FRESH_MEMORY};
 use crate::io::verify::Verify;
 use crate::sys::lease;
 use crate::sys::pages::Residency;
@@ -91,9 +96,11 @@ pub(crate) struct SharedBackend {
     limit: u64,
     /// `Stats::page_cache_shared_bytes`.
     shared_bytes: Arc<AtomicU64>,
-    /// `MmapConfig::share_cold_layers`: share layers not in the page cache
-    /// too, read into it through the mapping.
-    cold: bool,
+    /// `MmapConfig::share_cold_layers`: which layers not in the page cache
+    /// are shared too, read into it through the mapping.
+    cold: ColdSharing,
+    /// What `ColdSharing::WhenFreshMemoryIsSlow` asks.
+    fresh: &'static FreshMemory,
     /// `MmapConfig::share_writable`: each view's window is made writable
     /// (the mapping is private: writes go to anonymous copies of the pages).
     writable: bool,
@@ -139,14 +146,18 @@ impl Drop for ShareGuard {
 impl SharedBackend {
     /// Wraps `copy`, sharing the cached layers of every file of `paths` on
     /// which a lease can be taken.
-    /// With `cold`, layers not in the page cache are shared too: read into it
-    /// through the mapping; with `writable`, views may be written (privately).
+    /// `cold` says which layers not in the page cache are shared too (read
+    /// into it through the mapping); with `writable`, views may be written
+    /// (privately).
+    /// A fault plan that asks for slow fresh memory makes this backend see
+    /// it so (tests).
     pub(crate) fn open(
         paths: &[Arc<Path>],
         copy: Arc<dyn ReadBackend>,
         shared_bytes: Arc<AtomicU64>,
-        cold: bool,
+        cold: ColdSharing,
         writable: bool,
+        faults: Option<&FaultPlan>,
     ) -> SharedBackend {
         let secs = lease::lease_break_secs().unwrap_or(0);
         let mut files = vec![None; paths.len()];
@@ -161,6 +172,16 @@ impl SharedBackend {
                 Err(e) => tracing::debug!(error = %e, "no lease watcher: layers are copied"),
             }
         }
+        let fresh = if faults.is_some_and(FaultPlan::fresh_memory_is_slow) {
+            FreshMemory::always_slow()
+        } else {
+            if cold == ColdSharing::WhenFreshMemoryIsSlow {
+                // A verdict for the first reads, which start before any
+                // buffer has been faulted in and timed.
+                FRESH_MEMORY.probe();
+            }
+            &FRESH_MEMORY
+        };
         SharedBackend {
             copy,
             files,
@@ -168,15 +189,28 @@ impl SharedBackend {
             limit: secs.saturating_mul(COPY_RATE_FLOOR),
             shared_bytes,
             cold,
+            fresh,
             writable,
+        }
+    }
+
+    /// Whether a layer not in the page cache is read through it and shared
+    /// (`ColdSharing`); `pooled` when its charge took over a buffer already
+    /// faulted in, which makes the copy cheap whatever fresh memory costs.
+    fn shares_cold(&self, pooled: bool) -> bool {
+        match self.cold {
+            ColdSharing::Never => false,
+            ColdSharing::Always => true,
+            ColdSharing::WhenFreshMemoryIsSlow => !pooled && self.fresh.is_slow(),
         }
     }
 
     /// The view of `spec`'s one range if it can be shared now: the file is
     /// leased and not being broken, the range is within the file and cached
-    /// (sampled) or `cold` sharing is on, and the cap leaves room. Registers
-    /// the window. The flag says whether the range looked cached.
-    fn try_share(&self, spec: &LayerSpec) -> Option<Share> {
+    /// (sampled) or `share_cold` (from [`Self::shares_cold`]), and the cap
+    /// leaves room. Registers the window. The flag says whether the range
+    /// looked cached.
+    fn try_share(&self, spec: &LayerSpec, share_cold: bool) -> Option<Share> {
         let [r] = spec.ranges.as_slice() else {
             return None;
         };
@@ -185,7 +219,7 @@ impl SharedBackend {
             return None;
         }
         let cached = file.residency.cached(r.offset, r.len);
-        if !cached && !self.cold {
+        if !cached && !share_cold {
             return None;
         }
         let start = align_down(r.offset, BLOCK) as usize;
@@ -256,7 +290,7 @@ impl ReadBackend for SharedBackend {
             window,
             guard,
             cached,
-        }) = self.try_share(spec)
+        }) = self.try_share(spec, self.shares_cold(charge.has_mapping()))
         else {
             return self.copy.read(layer, spec, charge, verify);
         };
