@@ -86,6 +86,7 @@ LOADERS = {
 DESCRIPTIONS = {
     "hyperion_rust": "`hyperion load FILE` (the Rust CLI, the copy path, no Python)",
     "hyperion_rust_shared": "`hyperion load --share-page-cache --share-cold FILE` (the Rust CLI, load_file's default path, no Python)",
+    "hyperion_rust_auto": "`hyperion load --share-page-cache --share-cold=auto FILE` (the Rust CLI: cold layers through the page cache only while fresh memory is slow)",
     "hyperion_np": 'hyperion.load_file(path) (framework="np"): arrays over the page cache\'s pages (share_page_cache, the default)',
     "hyperion_pt": 'hyperion.load_file(path, framework="pt"): the same, as torch tensors',
     "hyperion_np_copy": 'hyperion.load_file(path, share_page_cache=False): io_uring O_DIRECT, arrays over the read buffers',
@@ -129,9 +130,12 @@ def one_run(loader, args, state, workdir, run_id):
     env = dict(os.environ)
     if loader == "runai_c16":
         env["RUNAI_STREAMER_CONCURRENCY"] = "16"
-    if loader in ("hyperion_rust", "hyperion_rust_shared"):
+    if loader in ("hyperion_rust", "hyperion_rust_shared", "hyperion_rust_auto"):
         time.sleep(settle)
-        shared = ["--share-page-cache", "--share-cold"] if loader == "hyperion_rust_shared" else []
+        shared = {
+            "hyperion_rust_shared": ["--share-page-cache", "--share-cold"],
+            "hyperion_rust_auto": ["--share-page-cache", "--share-cold=auto"],
+        }.get(loader, [])
         return peers.spawn(loader, state, [args.hyperion, "load", "--json", *shared, args.file], env, None)
     result = os.path.join(workdir, f"{run_id}.json")
     cmd = [sys.executable, os.path.abspath(__file__), "load", loader, args.file, "--result", result]

@@ -27,6 +27,7 @@
 
 use std::io;
 use std::ptr::NonNull;
+use std::time::{Duration, Instant};
 
 use crate::budget::Charge;
 
@@ -114,12 +115,23 @@ impl AlignedBuf {
     }
 
     /// Faults every page of the buffer in now (`MADV_POPULATE_WRITE`), so
-    /// that a read into it does not (see `io::aligned::layer_buffer`).
-    /// Best effort: on a kernel without it (before 5.14), or when the memory
-    /// cannot be had now, nothing happens and the read faults the pages in.
-    pub(crate) fn prefault(&self) {
-        if let Some(map) = &self.map {
-            map.populate_write(self.len);
+    /// that a read into it does not (see `io::aligned::layer_buffer`), in
+    /// steps of `step` bytes (a multiple of 4 KiB), calling `each(bytes,
+    /// took)` after each: how fast fresh memory comes in is known after the
+    /// first step, not after the whole buffer. Best effort: on a kernel
+    /// without it (before 5.14), or when the memory cannot be had now,
+    /// nothing happens and the read faults the pages in.
+    pub(crate) fn prefault_in_steps(&self, step: usize, mut each: impl FnMut(usize, Duration)) {
+        let Some(map) = &self.map else {
+            return;
+        };
+        let mut at = 0;
+        while at < self.len {
+            let len = step.min(self.len - at);
+            let start = Instant::now();
+            map.populate_write_range(at, len);
+            each(len, start.elapsed());
+            at += len;
         }
     }
 
@@ -229,7 +241,9 @@ mod tests {
         let b = AlignedBuf::charged(len, budget.try_reserve(len as u64)).unwrap();
         assert!(b.is_fresh());
         assert_eq!(resident(&b).0, 0, "nothing touched yet");
-        b.prefault();
+        let mut steps = Vec::new();
+        b.prefault_in_steps(HUGE_PAGE, |bytes, _| steps.push(bytes));
+        assert_eq!(steps, [HUGE_PAGE, HUGE_PAGE], "timed step by step");
         let (resident, pages) = resident(&b);
         assert_eq!(resident, pages, "every page faulted in");
         assert!(b.as_slice().iter().all(|&x| x == 0));

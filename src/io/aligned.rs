@@ -180,13 +180,17 @@ pub(crate) fn chunks(spans: &[Span], chunk: u64) -> impl Iterator<Item = Chunk> 
     })
 }
 
+/// Bytes faulted in (and timed) at a time when a fresh buffer is
+/// prefaulted: four huge pages.
+const PREFAULT_STEP: usize = 4 * HUGE_PAGE;
+
 /// The buffer layer `layer`, of `len` bytes, is read into, carrying the
 /// budget `charge` that paid for it: a mapping from the pool if the charge
 /// took one over, else fresh memory. Every engine that reads into a buffer
 /// gets it here (and only here).
 ///
 /// A fresh buffer of a huge page or more is faulted in on a blocking thread
-/// first ([`AlignedBuf::prefault`]). Otherwise a direct read takes those
+/// first ([`AlignedBuf::prefault_in_steps`]). Otherwise a direct read takes those
 /// faults inside the read, as the kernel pins the pages — for io_uring on
 /// its one ring thread, which then neither submits nor reaps meanwhile —
 /// while done apart they overlap the reads of other layers on the second
@@ -205,11 +209,13 @@ pub(crate) async fn layer_buffer(
     // The task owns the buffer: if this future is dropped, the buffer (and
     // its charge) is freed when the task ends.
     tokio::task::spawn_blocking(move || {
-        let start = std::time::Instant::now();
-        buf.prefault();
         // How fast fresh memory is now decides where the next cold layers
-        // go under `ColdSharing::WhenFreshMemoryIsSlow` (io/fresh_memory.rs).
-        FRESH_MEMORY.record(len, start.elapsed());
+        // go under `ColdSharing::WhenFreshMemoryIsSlow` (io/fresh_memory.rs):
+        // timed in steps, so that a slow host is noticed after the first
+        // few MiB rather than after a buffer that may take a second.
+        buf.prefault_in_steps(PREFAULT_STEP, |bytes, took| {
+            FRESH_MEMORY.record(bytes, took);
+        });
         buf
     })
     .await

@@ -60,11 +60,13 @@ impl FreshMemory {
             return;
         }
         let rate = bytes as f64 / took.as_secs_f64().max(1e-9);
-        let until = if rate < SLOW_BELOW as f64 {
+        let slow = rate < SLOW_BELOW as f64;
+        let until = if slow {
             now.saturating_add(RECHECK_AFTER.as_nanos() as u64)
         } else {
             0
         };
+        tracing::debug!(bytes, mb_s = rate / 1e6, slow, "fresh memory faulted in");
         self.slow_until.store(until, Relaxed);
     }
 

@@ -114,14 +114,30 @@ impl Mapping {
     /// Best effort: on a kernel without it (before 5.14), or when the memory
     /// cannot be had now, nothing happens and later writes fault the pages in.
     pub(crate) fn populate_write(&self, len: usize) {
-        let len = len.min(self.cap);
-        // SAFETY: `ptr..ptr + len` lies inside this live, writable private
-        // anonymous mapping (`len <= cap`). MADV_POPULATE_WRITE only populates
-        // page tables as a write fault would: pages already present keep
-        // their contents and new ones are zero-filled, so no byte that anyone
-        // could observe changes.
+        self.populate_write_range(0, len);
+    }
+
+    /// [`Mapping::populate_write`] of the usable bytes `start..start + len`
+    /// (`start` a multiple of [`PAGE`]; clamped to the usable bytes).
+    pub(crate) fn populate_write_range(&self, start: usize, len: usize) {
+        debug_assert!(start % PAGE == 0);
+        let start = start.min(self.cap);
+        let len = len.min(self.cap - start);
+        if len == 0 {
+            return;
+        }
+        // SAFETY: `ptr + start..ptr + start + len` lies inside this live,
+        // writable private anonymous mapping (`start + len <= cap`), and
+        // `start` keeps it page-aligned as madvise requires.
+        // MADV_POPULATE_WRITE only populates page tables as a write fault
+        // would: pages already present keep their contents and new ones are
+        // zero-filled, so no byte that anyone could observe changes.
         unsafe {
-            libc::madvise(self.ptr.as_ptr().cast(), len, libc::MADV_POPULATE_WRITE);
+            libc::madvise(
+                self.ptr.as_ptr().add(start).cast(),
+                len,
+                libc::MADV_POPULATE_WRITE,
+            );
         }
     }
 
