@@ -16,7 +16,7 @@
 //! so the pool can never push the process past `max_cache_size`.
 //!
 //! - A reservation of `n` bytes first takes over the smallest idle mapping
-//!   whose charge is at least `n` and at most `n` + [`REUSE_SLACK`]ths of
+//!   whose charge is at least `n` and at most `n` + [`REUSE_SLACK`](crate::buffer_pool::REUSE_SLACK)ths of
 //!   `n` (the charge moves with it; nothing is added, and the reservation is
 //!   charged that mapping's bytes, never less than it holds). Layers of
 //!   one model come in a handful of sizes, but "one size" is often two: the
@@ -41,12 +41,11 @@
 //!   before it charges fresh bytes, and what close would unmap goes to it
 //!   instead (up to its cap): memory kept from one model to the next.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::buffer_pool::{BufferPool, REUSE_SLACK};
+use crate::buffer_pool::{BufferPool, MappingsBySize};
 use crate::sys::memory::Mapping;
 
 use parking_lot::Mutex;
@@ -78,7 +77,7 @@ struct State {
     /// The most `used` ever was.
     peak: u64,
     /// Idle mappings by the bytes they are charged for.
-    pool: BTreeMap<u64, Vec<Mapping>>,
+    pool: MappingsBySize,
     /// Set by [`Budget::close_pool`]: buffers are unmapped, not pooled.
     pool_closed: bool,
     /// Reservations that took over an idle mapping.
@@ -90,13 +89,7 @@ struct State {
 impl State {
     /// Removes the largest idle mapping, returning it with its charge.
     fn pop_largest(&mut self) -> Option<(u64, Mapping)> {
-        let mut entry = self.pool.last_entry()?;
-        let bytes = *entry.key();
-        let map = entry.get_mut().pop();
-        if entry.get().is_empty() {
-            entry.remove();
-        }
-        let map = map?;
+        let (bytes, map) = self.pool.pop_largest()?;
         self.idle -= bytes;
         Some((bytes, map))
     }
@@ -104,14 +97,7 @@ impl State {
     /// Removes the smallest idle mapping that serves `bytes` (charged
     /// `bytes` to `bytes + bytes / REUSE_SLACK`), with its charge.
     fn take_fitting(&mut self, bytes: u64) -> Option<(u64, Mapping)> {
-        let most = bytes.saturating_add(bytes / REUSE_SLACK);
-        let entry = self.pool.range_mut(bytes..=most).next()?;
-        let charge = *entry.0;
-        let map = entry.1.pop();
-        if entry.1.is_empty() {
-            self.pool.remove(&charge);
-        }
-        let map = map?;
+        let (charge, map) = self.pool.take_fitting(bytes, u64::MAX)?;
         self.idle -= charge;
         Some((charge, map))
     }
@@ -246,7 +232,7 @@ impl Budget {
             let mut s = self.state.lock();
             if !s.pool_closed {
                 s.idle += bytes;
-                s.pool.entry(bytes).or_default().push(map);
+                s.pool.push(bytes, map);
                 drop(s);
                 // A fetch waiting for memory can take or reclaim it.
                 self.changed.notify_waiters();
@@ -277,10 +263,9 @@ impl Budget {
             let bytes = std::mem::take(&mut s.idle);
             (std::mem::take(&mut s.pool), bytes)
         };
-        for (charged, maps) in pool {
-            for map in maps {
-                self.give_away(charged, map);
-            }
+        let mut pool = pool;
+        while let Some((charged, map)) = pool.pop_largest() {
+            self.give_away(charged, map);
         }
         self.release(bytes);
     }

@@ -66,12 +66,49 @@ struct Inner {
     state: Mutex<State>,
 }
 
+/// Mappings by the bytes a budget is charged for them: a model's idle pool
+/// (`budget.rs`) and a shared [`BufferPool`] alike.
+#[derive(Debug, Default)]
+pub(crate) struct MappingsBySize(BTreeMap<u64, Vec<Mapping>>);
+
+impl MappingsBySize {
+    pub(crate) fn push(&mut self, charge: u64, map: Mapping) {
+        self.0.entry(charge).or_default().push(map);
+    }
+
+    /// Removes the smallest mapping that serves a reservation of `bytes`
+    /// (charged `bytes` to `bytes + bytes / REUSE_SLACK`, and at most
+    /// `room`), with its charge.
+    pub(crate) fn take_fitting(&mut self, bytes: u64, room: u64) -> Option<(u64, Mapping)> {
+        let most = bytes.saturating_add(bytes / REUSE_SLACK).min(room);
+        if most < bytes {
+            return None;
+        }
+        let (&charge, maps) = self.0.range_mut(bytes..=most).next()?;
+        let map = maps.pop()?;
+        if maps.is_empty() {
+            self.0.remove(&charge);
+        }
+        Some((charge, map))
+    }
+
+    /// Removes the largest mapping, with its charge.
+    pub(crate) fn pop_largest(&mut self) -> Option<(u64, Mapping)> {
+        let mut entry = self.0.last_entry()?;
+        let charge = *entry.key();
+        let map = entry.get_mut().pop();
+        if entry.get().is_empty() {
+            entry.remove();
+        }
+        Some((charge, map?))
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// Bytes of the mappings held.
     bytes: u64,
-    /// Mappings by the bytes a budget is charged for them.
-    maps: BTreeMap<u64, Vec<Mapping>>,
+    maps: MappingsBySize,
     /// Mappings a model took over.
     reuses: u64,
 }
@@ -124,7 +161,7 @@ impl BufferPool {
             return;
         }
         s.bytes += bytes;
-        s.maps.entry(bytes).or_default().push(map);
+        s.maps.push(bytes, map);
     }
 
     /// Takes the smallest mapping that serves a reservation of `bytes`
@@ -132,17 +169,8 @@ impl BufferPool {
     /// model's own pool) and is charged at most `room`, with the bytes its
     /// new budget is to be charged.
     pub(crate) fn take_fitting(&self, bytes: u64, room: u64) -> Option<(u64, Mapping)> {
-        let most = bytes.saturating_add(bytes / REUSE_SLACK).min(room);
-        if most < bytes {
-            return None;
-        }
         let mut s = self.inner.state.lock();
-        let (charge, maps) = s.maps.range_mut(bytes..=most).next()?;
-        let charge = *charge;
-        let map = maps.pop()?;
-        if maps.is_empty() {
-            s.maps.remove(&charge);
-        }
+        let (charge, map) = s.maps.take_fitting(bytes, room)?;
         s.bytes -= charge;
         s.reuses += 1;
         Some((charge, map))
